@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="openrlhf-cero",
+    version="0.1.0",
+    description="Per-prompt rollout allocation (CERO, VIP, Pilot-Commit) for OpenRLHF",
+    packages=find_packages(include=["openrlhf_cero", "openrlhf_cero.*"]),
+    package_data={"openrlhf_cero.cpu": ["vllm_standin/vllm/*.py"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+    ],
+    extras_require={
+        # The integration is tested against exactly this OpenRLHF release.
+        "openrlhf": ["openrlhf==0.11.2"],
+        "bench": ["matplotlib>=3.7", "tqdm", "pyyaml"],
+        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "tqdm", "pyyaml"],
+    },
+    entry_points={
+        "openrlhf.rollout_allocators": [
+            "uniform = openrlhf_cero.allocators.uniform:UniformAllocator",
+        ],
+    },
+)

@@ -1,0 +1,293 @@
+"""The allocator contract: one protocol for the OpenRLHF integration, the simulator and tests.
+
+A training step asks an allocator how many rollouts each prompt gets, in one or more
+rounds, then tells it what came back:
+
+    counts = alloc.plan(prompt_ids, budget)          # round 1 (0 = skip the prompt)
+    while counts.any():
+        rewards = draw(prompt_ids, counts)            # caller generates and scores
+        counts = alloc.extend(prompt_ids, rewards)    # more rollouts, or all zeros
+    keep = alloc.finish(prompt_ids, rewards)          # which groups train; updates state
+
+``budget`` is the number of rollouts the step trains on (``rollout.batch_size *
+n_samples_per_prompt`` in OpenRLHF's step mode). The sizes of the kept groups never
+exceed it; one-shot allocators (uniform, CERO, VIP) spend it exactly in ``plan``.
+Allocators that filter (Pilot-Commit) may draw rollouts they then skip; those count in
+``rollouts_drawn`` but not against ``budget``, and the caller offers more prompts
+(``prompts_wanted``) until the budget is filled or the data runs out.
+
+Rewards passed to ``extend``/``finish`` are, per prompt, every reward drawn for it in
+this step so far (all rounds, in order). Prompt ids are unsigned 64-bit integers
+(:func:`openrlhf_cero.allocators.ids.prompt_id`), stable across runs.
+
+This package never imports torch, Ray or OpenRLHF: the same objects run in the
+simulator, in tests, and inside OpenRLHF's Ray actors.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+STATE_VERSION = 1
+
+# Estimators that subtract a per-prompt group baseline: a group of one has no baseline.
+GROUP_ESTIMATORS = ("group_norm", "rloo", "reinforce_baseline", "dr_grpo")
+
+
+class AllocatorError(ValueError):
+    """Bad allocator input or settings; the message names the flag or value at fault."""
+
+
+def as_prompt_ids(prompt_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    ids = np.asarray(prompt_ids)
+    if ids.ndim != 1:
+        raise AllocatorError(f"prompt_ids must be one-dimensional, got shape {ids.shape}")
+    if ids.size and ids.dtype != np.uint64:
+        if ids.dtype.kind not in "iu":
+            raise AllocatorError(f"prompt_ids must be integers (see ids.prompt_id), got dtype {ids.dtype}")
+        ids = ids.astype(np.uint64)
+    return ids.astype(np.uint64, copy=False)
+
+
+class RolloutAllocator(ABC):
+    """Base class: validation, bookkeeping and metrics shared by every allocator.
+
+    Subclasses implement ``_plan``, optionally ``_extend`` and ``_finish``, and their own
+    ``_state`` / ``_load_state``. The public methods wrap them so that every allocator
+    obeys the same rules (bounds, NaN rewards, accounting) without repeating them.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        *,
+        n_samples_per_prompt: int,
+        min_samples: int | None = None,
+        max_samples: int | None = None,
+        seed: int = 0,
+        advantage_estimator: str = "group_norm",
+        reward_threshold: float | None = None,
+    ) -> None:
+        n = int(n_samples_per_prompt)
+        if n < 1:
+            raise AllocatorError(f"--rollout.n_samples_per_prompt must be >= 1, got {n}")
+        group = advantage_estimator in GROUP_ESTIMATORS
+        lo = int(min_samples) if min_samples is not None else min(n, 2 if group else 1)
+        hi = int(max_samples) if max_samples is not None else max(n, 4 * n)
+        if group and lo < 2:
+            raise AllocatorError(
+                f"--allocator.min_samples={lo} is below 2, but --algo.advantage.estimator {advantage_estimator} "
+                "needs at least 2 samples per group for its baseline; use --allocator.min_samples 2 or more"
+            )
+        if lo < 1:
+            raise AllocatorError(f"--allocator.min_samples must be >= 1, got {lo}")
+        if hi < lo:
+            raise AllocatorError(f"--allocator.max_samples={hi} is below --allocator.min_samples={lo}")
+        if not lo <= n <= hi:
+            raise AllocatorError(
+                f"--rollout.n_samples_per_prompt={n} lies outside [--allocator.min_samples, --allocator.max_samples]"
+                f" = [{lo}, {hi}]"
+            )
+        self.n_samples_per_prompt = n
+        self.min_samples = lo
+        self.max_samples = hi
+        self.seed = int(seed)
+        self.advantage_estimator = advantage_estimator
+        self.reward_threshold = reward_threshold
+        self.rng = np.random.default_rng(self.seed)
+        self.steps = 0
+        self.rollouts_drawn_total = 0
+        self._pending = _StepFigures()
+
+    # ── the contract ──
+
+    def prompts_wanted(self, budget: int) -> int:
+        """How many prompts to offer ``plan`` for ``budget`` rollouts (n each, by default)."""
+        return math.ceil(int(budget) / self.n_samples_per_prompt)
+
+    def plan(self, prompt_ids: Sequence[int] | np.ndarray, budget: int) -> np.ndarray:
+        """Rollouts per prompt for the first round (0 skips the prompt)."""
+        ids = as_prompt_ids(prompt_ids)
+        budget = int(budget)
+        if budget < 0:
+            raise AllocatorError(f"budget must be >= 0, got {budget}")
+        counts = np.asarray(self._plan(ids, budget), dtype=np.int64)
+        self._check_counts(ids, counts, "plan")
+        return counts
+
+    def extend(self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]]) -> np.ndarray:
+        """Further rollouts per prompt given every reward drawn so far this step; zeros end the step."""
+        ids = as_prompt_ids(prompt_ids)
+        scores = self.to_scores(ids, rewards)
+        counts = np.asarray(self._extend(ids, scores), dtype=np.int64)
+        self._check_counts(ids, counts, "extend")
+        return counts
+
+    def finish(self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]]) -> np.ndarray:
+        """Close the step: update state from all rewards and say which groups train."""
+        ids = as_prompt_ids(prompt_ids)
+        scores = self.to_scores(ids, rewards)
+        keep = np.asarray(self._finish(ids, scores), dtype=bool)
+        if keep.shape != ids.shape:
+            raise AllocatorError(f"{self.name}.finish returned {keep.shape} flags for {ids.size} prompts")
+        sizes = np.fromiter((len(s) for s in scores), dtype=np.int64, count=len(scores))
+        bad = keep & ((sizes < self.min_samples) | (sizes > self.max_samples))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise AllocatorError(
+                f"{self.name} kept prompt {int(ids[i])} with {sizes[i]} samples, outside "
+                f"[min_samples, max_samples] = [{self.min_samples}, {self.max_samples}]"
+            )
+        self.rollouts_drawn_total += int(sizes.sum())
+        self._pending.add(scores, sizes, keep)
+        self.steps += 1
+        return keep
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable, versioned state; loading it into a fresh allocator resumes exactly."""
+        return {
+            "allocator": self.name,
+            "version": STATE_VERSION,
+            "settings": self._settings(),
+            "rng": self.rng.bit_generator.state,
+            "steps": self.steps,
+            "rollouts_drawn_total": self.rollouts_drawn_total,
+            "state": self._state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("allocator") != self.name:
+            raise AllocatorError(
+                f"checkpoint holds state of allocator {state.get('allocator')!r}, but --rollout_allocator is "
+                f"{self.name!r}; resume with --rollout_allocator {state.get('allocator')} or start a new run"
+            )
+        if state.get("version") != STATE_VERSION:
+            raise AllocatorError(
+                f"allocator state version {state.get('version')} is not supported (expected {STATE_VERSION})"
+            )
+        self.rng.bit_generator.state = state["rng"]
+        self.steps = int(state["steps"])
+        self.rollouts_drawn_total = int(state["rollouts_drawn_total"])
+        self._pending = _StepFigures()
+        self._load_state(state["state"])
+
+    def metrics(self) -> dict[str, float]:
+        """Figures over every ``finish`` since the last call, then reset: one trainer step may
+        close several plan/finish cycles (refills). Names carry no prefix; the trainer adds
+        ``allocator/``."""
+        figures = self._pending.summary(self.rollouts_drawn_total)
+        figures.update(self._extra_metrics())
+        self._pending = _StepFigures()
+        return figures
+
+    # ── for subclasses ──
+
+    @abstractmethod
+    def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray: ...
+
+    def _extend(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        return np.zeros(prompt_ids.size, dtype=np.int64)
+
+    def _finish(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        return np.array([len(s) > 0 for s in scores], dtype=bool)
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _extra_metrics(self) -> dict[str, float]:
+        return {}
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "n_samples_per_prompt": self.n_samples_per_prompt,
+            "min_samples": self.min_samples,
+            "max_samples": self.max_samples,
+            "seed": self.seed,
+        }
+
+    def uniform_counts(self, size: int, budget: int) -> np.ndarray:
+        """``budget`` spread as evenly as the bounds allow (the fallback of every allocator)."""
+        self.check_budget(size, budget)
+        base, extra = divmod(budget, size) if size else (0, 0)
+        counts = np.full(size, base, dtype=np.int64)
+        counts[:extra] += 1
+        return counts
+
+    def check_budget(self, size: int, budget: int) -> None:
+        """Refuse a budget that no allocation within [min_samples, max_samples] can spend exactly."""
+        lo, hi = size * self.min_samples, size * self.max_samples
+        if not lo <= budget <= hi:
+            raise AllocatorError(
+                f"a budget of {budget} rollouts cannot be spread over {size} prompts with "
+                f"--allocator.min_samples={self.min_samples} and --allocator.max_samples={self.max_samples} "
+                f"(possible: {lo}..{hi}); change --rollout.n_samples_per_prompt or the min/max bounds"
+            )
+
+    def to_scores(self, prompt_ids: np.ndarray, rewards: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """Rewards as success scores in [0, 1]: binary and fractional rewards as they are,
+        others thresholded by ``reward_threshold``; NaN is an error naming the prompt."""
+        if len(rewards) != prompt_ids.size:
+            raise AllocatorError(f"got rewards for {len(rewards)} prompts, expected {prompt_ids.size}")
+        scores = []
+        for pid, r in zip(prompt_ids, rewards):
+            r = np.asarray(r, dtype=np.float64).reshape(-1)
+            if np.isnan(r).any():
+                raise AllocatorError(f"reward is NaN for prompt {int(pid)}; check the reward function")
+            if self.reward_threshold is not None:
+                r = (r > self.reward_threshold).astype(np.float64)
+            elif r.size and (r.min() < 0.0 or r.max() > 1.0):
+                raise AllocatorError(
+                    f"reward {r[(r < 0) | (r > 1)][0]:g} for prompt {int(pid)} lies outside [0, 1]; set "
+                    "--allocator.reward_threshold T to count rewards > T as successes"
+                )
+            scores.append(r)
+        return scores
+
+    # ── internals ──
+
+    def _check_counts(self, ids: np.ndarray, counts: np.ndarray, where: str) -> None:
+        if counts.shape != ids.shape:
+            raise AllocatorError(f"{self.name}.{where} returned {counts.shape} counts for {ids.size} prompts")
+        if (counts < 0).any():
+            raise AllocatorError(f"{self.name}.{where} returned a negative count")
+
+
+class _StepFigures:
+    """What the finished cycles of one trainer step drew and kept, for ``metrics()``."""
+
+    def __init__(self) -> None:
+        self.kept_sizes: list[np.ndarray] = []
+        self.kept_zero_variance: list[np.ndarray] = []
+        self.drawn = 0
+        self.offered = 0
+
+    def add(self, scores: list[np.ndarray], sizes: np.ndarray, keep: np.ndarray) -> None:
+        zero_variance = np.fromiter((s.size > 0 and s.min() == s.max() for s in scores), dtype=bool, count=len(scores))
+        self.kept_sizes.append(sizes[keep])
+        self.kept_zero_variance.append(zero_variance[keep])
+        self.drawn += int(sizes.sum())
+        self.offered += sizes.size
+
+    def summary(self, drawn_total: int) -> dict[str, float]:
+        sizes = np.concatenate(self.kept_sizes) if self.kept_sizes else np.zeros(0, dtype=np.int64)
+        zero_variance = np.concatenate(self.kept_zero_variance) if self.kept_zero_variance else np.zeros(0, bool)
+        trained = sizes.size
+        return {
+            "samples_per_prompt_mean": float(sizes.mean()) if trained else 0.0,
+            "samples_per_prompt_min": float(sizes.min()) if trained else 0.0,
+            "samples_per_prompt_max": float(sizes.max()) if trained else 0.0,
+            "zero_variance_share": float(zero_variance.mean()) if trained else 0.0,
+            "rollouts_drawn": float(self.drawn),
+            "rollouts_drawn_total": float(drawn_total),
+            "rollouts_trained": float(sizes.sum()),
+            "prompts_trained": float(trained),
+            "prompts_skipped": float(self.offered - trained),
+        }

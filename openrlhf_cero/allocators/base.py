@@ -62,6 +62,9 @@ class RolloutAllocator(ABC):
     """
 
     name: ClassVar[str] = "base"
+    # False only for allocators that decide without outcomes (uniform): they also run when
+    # rewards come later from a reward model rather than at generation time.
+    needs_rewards: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -103,6 +106,7 @@ class RolloutAllocator(ABC):
         self.steps = 0
         self.rollouts_drawn_total = 0
         self._pending = _StepFigures()
+        self._drawn = np.zeros(0, dtype=np.int64)  # rollouts per prompt in the open plan/finish cycle
 
     # ── the contract ──
 
@@ -118,24 +122,42 @@ class RolloutAllocator(ABC):
             raise AllocatorError(f"budget must be >= 0, got {budget}")
         counts = np.asarray(self._plan(ids, budget), dtype=np.int64)
         self._check_counts(ids, counts, "plan")
+        self._drawn = counts.copy()
         return counts
 
     def extend(self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]]) -> np.ndarray:
         """Further rollouts per prompt given every reward drawn so far this step; zeros end the step."""
         ids = as_prompt_ids(prompt_ids)
-        scores = self.to_scores(ids, rewards)
+        scores = self._observed_scores(ids, rewards)
         counts = np.asarray(self._extend(ids, scores), dtype=np.int64)
         self._check_counts(ids, counts, "extend")
+        self._drawn = self._drawn + counts
         return counts
 
-    def finish(self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]]) -> np.ndarray:
-        """Close the step: update state from all rewards and say which groups train."""
+    def finish(
+        self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]] | None
+    ) -> np.ndarray:
+        """Close the step: update state from all rewards and say which groups train.
+
+        ``rewards=None`` (outcomes not known at generation time, e.g. a reward model that
+        scores later) is accepted only by allocators with ``needs_rewards = False``.
+        """
         ids = as_prompt_ids(prompt_ids)
-        scores = self.to_scores(ids, rewards)
-        keep = np.asarray(self._finish(ids, scores), dtype=bool)
+        if rewards is None:
+            if self.needs_rewards:
+                raise AllocatorError(
+                    f"--rollout_allocator {self.name} needs rewards at generation time: pass --reward.remote_url "
+                    "(a reward_func .py file or an HTTP reward server) or use --rollout_allocator uniform"
+                )
+            self._require_open_cycle(ids)
+            scores = None
+            keep = self._drawn > 0
+        else:
+            scores = self._observed_scores(ids, rewards)
+            keep = np.asarray(self._finish(ids, scores), dtype=bool)
         if keep.shape != ids.shape:
             raise AllocatorError(f"{self.name}.finish returned {keep.shape} flags for {ids.size} prompts")
-        sizes = np.fromiter((len(s) for s in scores), dtype=np.int64, count=len(scores))
+        sizes = self._drawn
         bad = keep & ((sizes < self.min_samples) | (sizes > self.max_samples))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -145,6 +167,7 @@ class RolloutAllocator(ABC):
             )
         self.rollouts_drawn_total += int(sizes.sum())
         self._pending.add(scores, sizes, keep)
+        self._drawn = np.zeros(0, dtype=np.int64)
         self.steps += 1
         return keep
 
@@ -174,6 +197,7 @@ class RolloutAllocator(ABC):
         self.steps = int(state["steps"])
         self.rollouts_drawn_total = int(state["rollouts_drawn_total"])
         self._pending = _StepFigures()
+        self._drawn = np.zeros(0, dtype=np.int64)
         self._load_state(state["state"])
 
     def metrics(self) -> dict[str, float]:
@@ -253,6 +277,25 @@ class RolloutAllocator(ABC):
 
     # ── internals ──
 
+    def _require_open_cycle(self, ids: np.ndarray) -> None:
+        if self._drawn.shape != ids.shape:
+            raise AllocatorError(
+                f"{self.name}: extend/finish got {ids.size} prompts but the open plan had {self._drawn.size}; "
+                "call plan first, with the same prompts"
+            )
+
+    def _observed_scores(self, ids: np.ndarray, rewards: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """Scores of the open cycle, checked against what was planned: a prompt must have
+        exactly as many rewards as rollouts were asked for it."""
+        self._require_open_cycle(ids)
+        scores = self.to_scores(ids, rewards)
+        for i, s in enumerate(scores):
+            if s.size != self._drawn[i]:
+                raise AllocatorError(
+                    f"prompt {int(ids[i])} has {s.size} rewards but {int(self._drawn[i])} rollouts were planned for it"
+                )
+        return scores
+
     def _check_counts(self, ids: np.ndarray, counts: np.ndarray, where: str) -> None:
         if counts.shape != ids.shape:
             raise AllocatorError(f"{self.name}.{where} returned {counts.shape} counts for {ids.size} prompts")
@@ -269,25 +312,28 @@ class _StepFigures:
         self.drawn = 0
         self.offered = 0
 
-    def add(self, scores: list[np.ndarray], sizes: np.ndarray, keep: np.ndarray) -> None:
-        zero_variance = np.fromiter((s.size > 0 and s.min() == s.max() for s in scores), dtype=bool, count=len(scores))
+    def add(self, scores: list[np.ndarray] | None, sizes: np.ndarray, keep: np.ndarray) -> None:
         self.kept_sizes.append(sizes[keep])
-        self.kept_zero_variance.append(zero_variance[keep])
+        if scores is not None:
+            zero_variance = np.fromiter((s.size > 0 and s.min() == s.max() for s in scores), bool, len(scores))
+            self.kept_zero_variance.append(zero_variance[keep])
         self.drawn += int(sizes.sum())
         self.offered += sizes.size
 
     def summary(self, drawn_total: int) -> dict[str, float]:
         sizes = np.concatenate(self.kept_sizes) if self.kept_sizes else np.zeros(0, dtype=np.int64)
-        zero_variance = np.concatenate(self.kept_zero_variance) if self.kept_zero_variance else np.zeros(0, bool)
         trained = sizes.size
-        return {
+        figures = {
             "samples_per_prompt_mean": float(sizes.mean()) if trained else 0.0,
             "samples_per_prompt_min": float(sizes.min()) if trained else 0.0,
             "samples_per_prompt_max": float(sizes.max()) if trained else 0.0,
-            "zero_variance_share": float(zero_variance.mean()) if trained else 0.0,
             "rollouts_drawn": float(self.drawn),
             "rollouts_drawn_total": float(drawn_total),
             "rollouts_trained": float(sizes.sum()),
             "prompts_trained": float(trained),
             "prompts_skipped": float(self.offered - trained),
         }
+        if self.kept_zero_variance:  # unknown when rewards come only after generation
+            zero_variance = np.concatenate(self.kept_zero_variance)
+            figures["zero_variance_share"] = float(zero_variance.mean()) if zero_variance.size else 0.0
+        return figures

@@ -17,6 +17,7 @@ from openrlhf_cero.allocators.registry import register_allocator
 @register_allocator
 class UniformAllocator(RolloutAllocator):
     name = "uniform"
+    needs_rewards = False
 
     def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
         return self.uniform_counts(prompt_ids.size, budget)

@@ -20,6 +20,9 @@ setup(
     entry_points={
         "openrlhf.rollout_allocators": [
             "uniform = openrlhf_cero.allocators.uniform:UniformAllocator",
+            "cero = openrlhf_cero.allocators.cero:CeroAllocator",
+            "vip = openrlhf_cero.allocators.vip:VipAllocator",
+            "pilot_commit = openrlhf_cero.allocators.pilot_commit:PilotCommitAllocator",
         ],
     },
 )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -53,6 +54,19 @@ def as_prompt_ids(prompt_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     return ids.astype(np.uint64, copy=False)
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """One allocator-specific option. The OpenRLHF integration turns it into the flag
+    ``--allocator.<allocator name>.<name>`` (shown in ``--help``) and passes the value to
+    the allocator's constructor as keyword ``name``; the simulator takes it from JSON/YAML."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+
 class RolloutAllocator(ABC):
     """Base class: validation, bookkeeping and metrics shared by every allocator.
 
@@ -65,6 +79,8 @@ class RolloutAllocator(ABC):
     # False only for allocators that decide without outcomes (uniform): they also run when
     # rewards come later from a reward model rather than at generation time.
     needs_rewards: ClassVar[bool] = True
+    # Allocator-specific constructor options (beyond the common ones of __init__).
+    options: ClassVar[tuple[OptionSpec, ...]] = ()
 
     def __init__(
         self,

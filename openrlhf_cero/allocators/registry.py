@@ -51,9 +51,8 @@ def _load_all() -> None:
             if exc.name != module:  # a real import error inside an existing module
                 raise
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        cls = entry.load()
-        if cls.name not in _REGISTRY:
-            register_allocator(cls)
+        if entry.name not in _REGISTRY:  # ours are already imported above
+            register_allocator(entry.load())
 
 
 def available_allocators() -> list[str]:

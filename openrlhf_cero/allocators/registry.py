@@ -51,7 +51,7 @@ def _load_all() -> None:
             if exc.name != module:  # a real import error inside an existing module
                 raise
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name not in _REGISTRY:  # ours are already imported above
+        if entry.module.split(".")[0] != __name__.split(".")[0]:  # ours were imported above
             register_allocator(entry.load())
 
 

@@ -1,0 +1,218 @@
+"""Success-probability predictor of VIP: a Gaussian process in logit space, updated step by step.
+
+Why this shape (docs/vip.md has the full account):
+
+* The paper (arXiv 2602.01601) predicts each prompt's success probability with a GP over
+  prompt embeddings, in logit space, from recent rollouts. Its public code keeps a mean
+  vector over the whole data set, and at each step fits a GP (RBF kernel, length scale 0.4)
+  to the latest batch's residuals against that mean, then adds the posterior correction to
+  every prompt's mean: the posterior mean is carried to the next step as its prior mean.
+* We do not know the data set up front, so we keep the same posterior mean in factored
+  form: per prompt an *anchor* (its posterior mean when it was last observed, or the prior
+  logit) plus the corrections ``k(x, x_j) alpha_j`` of every update since, where the
+  (feature, alpha) pairs of the last ``window`` training points are kept. A prompt never
+  seen is predicted from the corrections alone, i.e. from similar prompts.
+* Each update is a textbook GP regression step: prior mean m (the current prediction),
+  kernel K, noise Sigma, targets y: alpha = (K + Sigma)^-1 (y - m(X)), posterior mean
+  m(x*) + k(x*, X) alpha. Targets are logits of smoothed success rates
+  ((s + 1/2) / (n + 1)), with noise variance from the delta method,
+  ``noise_scale / (n p (1 - p))`` (ours; the public code interpolates raw rates clipped at
+  1e-6, whose logits reach +-13.8 and spill onto neighbours).
+
+Features are L2-normalised, so ``|x - x'|^2 = 2 - 2 x.x'`` and the kernel is one matrix
+product and one exp; that product against the window is what bounds the cost
+(``O(batch * window * dim)``).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve
+
+# Added to the noise variance on the kernel diagonal so that duplicated prompts in one
+# update keep the system positive definite.
+JITTER = 1e-6
+NO_ANCHOR = -1  # update index of prompts without an anchor
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(f: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(f, dtype=np.float64)))
+
+
+def rbf_from_unit_features(x: np.ndarray, y: np.ndarray, length_scale: float) -> np.ndarray:
+    """RBF kernel exp(-|x-y|^2 / (2 l^2)) for unit-norm rows, in x's dtype."""
+    gram = x @ y.T
+    gram -= 1.0
+    gram *= 1.0 / (length_scale * length_scale)  # -(2 - 2 x.y) / (2 l^2) = (x.y - 1) / l^2
+    np.minimum(gram, 0.0, out=gram)
+    return np.exp(gram, out=gram)
+
+
+def observation_targets(successes: np.ndarray, trials: np.ndarray, noise_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Logit targets of smoothed success rates and their delta-method noise variances."""
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.asarray(trials, dtype=np.float64)
+    rate = (successes + 0.5) / (trials + 1.0)
+    noise = noise_scale / (np.maximum(trials, 1.0) * rate * (1.0 - rate))
+    return logit(rate), noise
+
+
+@dataclass
+class Prediction:
+    """Logit means for one batch, kept until the batch's outcomes update the model."""
+
+    logits: np.ndarray
+    has_features: np.ndarray
+
+
+class SequentialLogitGP:
+    """Posterior-mean GP over prompt features, carried from update to update (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        length_scale: float,
+        prior_logit: float,
+        window: int,
+        noise_scale: float,
+        dtype: type = np.float32,
+    ) -> None:
+        # float32 for the batch-by-window kernel (the hot path); tests use float64 to
+        # compare with the textbook formula exactly.
+        self.dtype = np.dtype(dtype)
+        self.dim = int(dim)
+        self.length_scale = float(length_scale)
+        self.prior_logit = float(prior_logit)
+        self.window = int(window)
+        self.noise_scale = float(noise_scale)
+        self.updates = 0  # number of update() calls so far
+        self.win_features = np.zeros((0, self.dim), dtype=self.dtype)
+        self.win_alpha = np.zeros(0, dtype=np.float64)
+        self.win_update = np.zeros(0, dtype=np.int64)
+        self.anchors: dict[int, tuple[float, int]] = {}
+
+    # ── prediction ──
+
+    def predict(self, prompt_ids: np.ndarray, features: np.ndarray | None) -> Prediction:
+        """Posterior logit means; rows of ``features`` that are NaN mark prompts without features,
+        which get their anchor (or the prior logit) alone."""
+        size = prompt_ids.size
+        base = np.full(size, self.prior_logit)
+        since = np.full(size, NO_ANCHOR, dtype=np.int64)
+        for i, pid in enumerate(prompt_ids.tolist()):
+            anchor = self.anchors.get(pid)
+            if anchor is not None:
+                base[i], since[i] = anchor
+        if features is None:
+            return Prediction(base, np.zeros(size, dtype=bool))
+        has = ~np.isnan(features[:, 0]) if size else np.zeros(0, dtype=bool)
+        logits = base.copy()
+        if self.win_alpha.size and has.any():
+            logits[has] += self._corrections(features[has], since[has])
+        return Prediction(logits, has)
+
+    def _corrections(self, features: np.ndarray, since: np.ndarray) -> np.ndarray:
+        """sum_j k(x, x_j) alpha_j over window points from updates after each prompt's anchor.
+
+        The window is ordered by update, so each prompt needs a suffix of it; prompts are
+        grouped by that suffix's start (few distinct values: one per update in the window)."""
+        kernel = rbf_from_unit_features(features.astype(self.dtype, copy=False), self.win_features, self.length_scale)
+        starts = np.searchsorted(self.win_update, since, side="right")
+        alpha = self.win_alpha.astype(self.dtype)
+        out = np.empty(features.shape[0])
+        for start in np.unique(starts):
+            rows = np.flatnonzero(starts == start)
+            if rows.size == starts.size and start == 0:
+                out[:] = kernel @ alpha
+            else:
+                out[rows] = kernel[rows, start:] @ alpha[start:]
+        return out
+
+    # ── update ──
+
+    def update(
+        self,
+        prompt_ids: np.ndarray,
+        features: np.ndarray | None,
+        prior: Prediction,
+        successes: np.ndarray,
+        trials: np.ndarray,
+    ) -> None:
+        """One GP regression step on a batch's outcomes, with ``prior`` (this batch's prediction
+        from ``predict``, made before any other update) as the prior mean."""
+        observed = np.asarray(trials) > 0
+        targets, noise = observation_targets(successes, trials, self.noise_scale)
+        self.updates += 1
+        step = self.updates
+        usable = observed & prior.has_features if features is not None else np.zeros_like(observed)
+        posterior = prior.logits.copy()
+        if usable.any():
+            x = features[usable].astype(np.float64)
+            residual = targets[usable] - prior.logits[usable]
+            gram = rbf_from_unit_features(x, x, self.length_scale)
+            gram[np.diag_indices_from(gram)] += noise[usable] + JITTER
+            alpha = cho_solve(cho_factor(gram, lower=True, check_finite=False), residual, check_finite=False)
+            gram[np.diag_indices_from(gram)] -= noise[usable] + JITTER
+            posterior[usable] += gram @ alpha
+            self._append_window(features[usable].astype(self.dtype), alpha, step)
+        # Prompts without features: a scalar Kalman step of their own anchor (unit prior variance).
+        lone = observed & ~usable
+        if lone.any():
+            gain = 1.0 / (1.0 + noise[lone])
+            posterior[lone] += gain * (targets[lone] - prior.logits[lone])
+        for pid, value in zip(prompt_ids[observed].tolist(), posterior[observed].tolist()):
+            self.anchors[pid] = (value, step)
+
+    def _append_window(self, features: np.ndarray, alpha: np.ndarray, step: int) -> None:
+        self.win_features = np.concatenate([self.win_features, features])[-self.window :]
+        self.win_alpha = np.concatenate([self.win_alpha, alpha])[-self.window :]
+        self.win_update = np.concatenate([self.win_update, np.full(alpha.size, step, dtype=np.int64)])[-self.window :]
+        # Anchors older than the window lose nothing they still could use; the dict stays
+        # (one entry per prompt ever seen: its carried mean).
+
+    # ── state ──
+
+    def state(self) -> dict:
+        ids = list(self.anchors)
+        return {
+            "updates": self.updates,
+            "dim": self.dim,
+            "window_features": _encode(self.win_features),
+            "window_alpha": self.win_alpha.tolist(),
+            "window_update": self.win_update.tolist(),
+            "anchor_ids": [str(i) for i in ids],
+            "anchor_logits": [self.anchors[i][0] for i in ids],
+            "anchor_updates": [self.anchors[i][1] for i in ids],
+        }
+
+    def load_state(self, state: dict) -> None:
+        if int(state["dim"]) != self.dim:
+            raise ValueError(f"saved features have dimension {state['dim']}, this featuriser gives {self.dim}")
+        self.updates = int(state["updates"])
+        self.win_alpha = np.asarray(state["window_alpha"], dtype=np.float64)
+        self.win_update = np.asarray(state["window_update"], dtype=np.int64)
+        self.win_features = _decode(state["window_features"], self.dim, self.dtype)
+        self.anchors = {
+            int(i): (float(v), int(u))
+            for i, v, u in zip(state["anchor_ids"], state["anchor_logits"], state["anchor_updates"])
+        }
+
+
+def _encode(array: np.ndarray) -> str:
+    """Exact, compact JSON form of the window features (little-endian bytes, base64)."""
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return base64.b64encode(np.ascontiguousarray(little).tobytes()).decode("ascii")
+
+
+def _decode(text: str, dim: int, dtype: np.dtype) -> np.ndarray:
+    flat = np.frombuffer(base64.b64decode(text.encode("ascii")), dtype=dtype.newbyteorder("<"))
+    return flat.astype(dtype).reshape(-1, dim)

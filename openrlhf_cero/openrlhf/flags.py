@@ -1,0 +1,150 @@
+"""Our flags on OpenRLHF's parser, and the launch-time checks of the allocator settings.
+
+Flags follow OpenRLHF's dotted convention so ``hierarchize`` nests them:
+``--rollout.allocator`` (alias ``--rollout_allocator``) -> ``args.rollout.allocator``,
+``--allocator.min_samples`` -> ``args.allocator.min_samples``, and each allocator's own
+options (its ``OptionSpec``s) as ``--allocator.<name>.<option>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+from typing import Any
+
+from openrlhf_cero.allocators import AllocatorError, RolloutAllocator, allocator_class, create_allocator
+from openrlhf_cero.allocators.base import GROUP_ESTIMATORS
+from openrlhf_cero.allocators.registry import available_allocators
+
+
+def add_allocator_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rollout allocation (openrlhf-cero)")
+    group.add_argument(
+        "--rollout.allocator",
+        "--rollout_allocator",
+        dest="rollout.allocator",
+        default="uniform",
+        metavar="NAME",
+        help=f"how many rollouts each prompt gets: {', '.join(available_allocators())} "
+        "(uniform = --rollout.n_samples_per_prompt for every prompt, OpenRLHF's behaviour)",
+    )
+    group.add_argument(
+        "--allocator.min_samples",
+        type=int,
+        default=None,
+        help="fewest rollouts of a trained group (default: 2 for group estimators, else 1)",
+    )
+    group.add_argument(
+        "--allocator.max_samples",
+        type=int,
+        default=None,
+        help="most rollouts one prompt gets in a step (default: 4 x n_samples_per_prompt)",
+    )
+    group.add_argument(
+        "--allocator.seed", type=int, default=None, help="allocator random seed (default: --train.seed)"
+    )
+    group.add_argument(
+        "--allocator.reward_threshold",
+        type=float,
+        default=None,
+        help="count a reward > T as a success; needed when rewards leave [0, 1]",
+    )
+    group.add_argument(
+        "--dry_run",
+        action="store_true",
+        default=False,
+        help="parse and check every flag (OpenRLHF's checks and ours), print the settings, start nothing",
+    )
+    for name in available_allocators():
+        cls = allocator_class(name)
+        for option in cls.options:
+            flag = f"--allocator.{name}.{option.name}"
+            kwargs: dict[str, Any] = dict(default=option.default, help=f"[{name}] {option.help}")
+            if option.type is bool:
+                kwargs["type"] = _parse_bool
+                kwargs["metavar"] = "{true,false}"
+            else:
+                kwargs["type"] = option.type
+            if option.choices:
+                kwargs["choices"] = option.choices
+            group.add_argument(flag, **kwargs)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def allocator_settings(args: SimpleNamespace) -> tuple[str, dict[str, Any]]:
+    """Name and constructor keywords of the allocator the (hierarchized) args ask for."""
+    name = args.rollout.allocator
+    cls = allocator_class(name)  # unknown names fail here, listing the registered ones
+    common = getattr(args, "allocator", SimpleNamespace())
+    seed = getattr(common, "seed", None)
+    settings: dict[str, Any] = dict(
+        n_samples_per_prompt=args.rollout.n_samples_per_prompt,
+        min_samples=getattr(common, "min_samples", None),
+        max_samples=getattr(common, "max_samples", None),
+        seed=args.train.seed if seed is None else seed,
+        advantage_estimator=args.algo.advantage.estimator,
+        reward_threshold=getattr(common, "reward_threshold", None),
+    )
+    own = getattr(common, name, SimpleNamespace())
+    for option in cls.options:
+        settings[option.name] = getattr(own, option.name, option.default)
+    return name, settings
+
+
+def allocator_from_args(args: SimpleNamespace) -> RolloutAllocator:
+    name, settings = allocator_settings(args)
+    return create_allocator(name, **settings)
+
+
+def check_launch(args: SimpleNamespace) -> RolloutAllocator:
+    """Refuse, before anything starts, settings under which the allocator cannot keep
+    OpenRLHF's per-step total of ``rollout.batch_size * n_samples_per_prompt`` samples.
+
+    Returns the allocator built once from the args (its constructor checks the bounds).
+    """
+    allocator = allocator_from_args(args)
+    name = allocator.name
+    remote_rewards = bool(getattr(args.reward, "remote_url", None)) or bool(
+        getattr(args.train, "agent_func_path", None)
+    )
+    if allocator.needs_rewards and not remote_rewards:
+        raise AllocatorError(
+            f"--rollout_allocator {name} decides from rewards while rollouts are generated, but rewards here come "
+            "later from a reward model; pass --reward.remote_url (a reward_func .py file or an HTTP reward "
+            "server), or use --rollout_allocator uniform with a reward model"
+        )
+    if name == "uniform":
+        return allocator  # stock behaviour: no constraint beyond OpenRLHF's own
+    estimator = args.algo.advantage.estimator
+    if estimator in GROUP_ESTIMATORS and allocator.min_samples < 2:
+        raise AllocatorError(f"--allocator.min_samples must be >= 2 with --algo.advantage.estimator {estimator}")
+    batch = args.rollout.batch_size
+    total = batch * args.rollout.n_samples_per_prompt
+    generate_batch = getattr(args.rollout, "vllm_generate_batch_size", None) or batch
+    if generate_batch % batch:
+        raise AllocatorError(
+            f"--rollout.vllm_generate_batch_size={generate_batch} must be a multiple of --rollout.batch_size={batch} "
+            f"with --rollout_allocator {name}: each training step is allocated as a whole"
+        )
+    if total % args.train.batch_size:
+        raise AllocatorError(
+            f"--train.batch_size={args.train.batch_size} must divide the per-step total of "
+            f"--rollout.batch_size x --rollout.n_samples_per_prompt = {total} samples with --rollout_allocator "
+            f"{name}; change --train.batch_size (or the rollout batch size)"
+        )
+    micro = args.rollout.micro_batch_size
+    if total % micro:
+        raise AllocatorError(
+            f"--rollout.micro_batch_size={micro} must divide the per-step total of {total} samples with "
+            f"--rollout_allocator {name}"
+        )
+    return allocator
+

@@ -1,0 +1,107 @@
+"""OpenRLHF's trainers with the allocator in place, sync and async.
+
+Each class subclasses OpenRLHF's actor class (``X.__ray_actor_class__``, never the
+remote handle) and changes only what is built in ``__init__``:
+
+- the actor that owns the prompt dataloader builds the allocator, wraps the
+  dataloader so checkpoints carry the allocator's state, and uses
+  :class:`AllocatingSamplesGenerator`;
+- the actor that trains uses :class:`VariableGroupExperienceMaker` and adds the
+  step's allocator figures to the status dict, which OpenRLHF logs to wandb /
+  tensorboard like its own.
+
+Ray ships these classes to workers by reference to this module, so every worker
+imports it and nothing has to be patched in the workers. The one exception is inside
+``PPOTrainerAsync.__init__``, which creates its two actors from module globals; the
+async class rebinds those two names in its own process before OpenRLHF's constructor
+runs.
+"""
+
+from __future__ import annotations
+
+import ray
+from openrlhf.trainer import ppo_trainer, ppo_trainer_async
+
+from openrlhf_cero.openrlhf.advantages import VariableGroupExperienceMaker
+from openrlhf_cero.openrlhf.checkpoint import AllocatorCheckpointingLoader
+from openrlhf_cero.openrlhf.flags import allocator_from_args
+from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
+
+
+def _install_allocating_generator(owner) -> None:
+    """Give ``owner`` (the actor holding ``prompts_dataloader``) the allocator and our generator."""
+    stock = owner.samples_generator
+    allocator = allocator_from_args(stock.args)
+    owner.prompts_dataloader = AllocatorCheckpointingLoader(owner.prompts_dataloader, allocator)
+    owner.samples_generator = AllocatingSamplesGenerator(
+        strategy=stock.strategy,
+        prompts_dataloader=owner.prompts_dataloader,
+        eval_dataloader=stock.eval_dataloader,
+        tokenizer=stock.tokenizer,
+        vllm_engines=stock.vllm_engines,
+        allocator=allocator,
+    )
+
+
+def _install_variable_group_advantages(owner) -> None:
+    stock = owner.experience_maker
+    owner.experience_maker = VariableGroupExperienceMaker(
+        stock.actor_model_group,
+        stock.critic_model_group,
+        stock.reward_model_group,
+        stock.initial_model_group,
+        stock.kl_ctl,
+        stock.strategy,
+        stock.tokenizer,
+    )
+
+
+class _LogsAllocatorMetrics:
+    """Adds the step's allocator figures (carried by the RolloutBatch) to the status dict."""
+
+    def train_step(self, rollout_samples, global_step: int):
+        status, global_step = super().train_step(rollout_samples, global_step)
+        status.update(getattr(rollout_samples, "metrics", {}))
+        return status, global_step
+
+
+class _AllocatingPPOTrainer(_LogsAllocatorMetrics, ppo_trainer.PPOTrainer.__ray_actor_class__):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _install_allocating_generator(self)
+        _install_variable_group_advantages(self)
+
+
+class _AllocatingGenerateSamplesActor(ppo_trainer_async.GenerateSamplesActor.__ray_actor_class__):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _install_allocating_generator(self)
+
+
+class _AllocatingTrainingActor(_LogsAllocatorMetrics, ppo_trainer_async.TrainingActor.__ray_actor_class__):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _install_variable_group_advantages(self)
+
+
+AllocatingPPOTrainer = ray.remote(_AllocatingPPOTrainer)
+AllocatingGenerateSamplesActor = ray.remote(_AllocatingGenerateSamplesActor)
+AllocatingTrainingActor = ray.remote(_AllocatingTrainingActor)
+
+
+class _AllocatingPPOTrainerAsync(ppo_trainer_async.PPOTrainerAsync.__ray_actor_class__):
+    def __init__(self, *args, **kwargs) -> None:
+        # This actor's process only: OpenRLHF's constructor creates these two by name.
+        ppo_trainer_async.GenerateSamplesActor = AllocatingGenerateSamplesActor
+        ppo_trainer_async.TrainingActor = AllocatingTrainingActor
+        super().__init__(*args, **kwargs)
+
+
+AllocatingPPOTrainerAsync = ray.remote(_AllocatingPPOTrainerAsync)
+
+
+def use_allocating_trainers() -> None:
+    """In the driver: make OpenRLHF's ``train()`` start our trainer classes (it imports
+    ``PPOTrainer`` / ``PPOTrainerAsync`` from these modules when it runs)."""
+    ppo_trainer.PPOTrainer = AllocatingPPOTrainer
+    ppo_trainer_async.PPOTrainerAsync = AllocatingPPOTrainerAsync

@@ -1,0 +1,181 @@
+"""One simulated training run: an allocator, a scenario, a seed.
+
+Every step goes through :func:`openrlhf_cero.allocators.step_loop.run_step`, the loop
+the OpenRLHF generator runs, so pilot rounds, skipped prompts and refills happen here
+exactly as in training, and every rollout drawn (trained or not) is counted. The
+allocator is reached only through the public contract (``create_allocator``,
+``plan``, ``extend``, ``finish``); new allocators appear without changes here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from openrlhf_cero.allocators.base import RolloutAllocator
+from openrlhf_cero.allocators.registry import create_allocator
+from openrlhf_cero.allocators.step_loop import run_step
+from openrlhf_cero.sim.oracle import OracleAllocator
+from openrlhf_cero.sim.scenario import Scenario
+from openrlhf_cero.sim.world import PromptWorld
+
+ORACLE = "oracle"
+# Refill cycles per step before a run is declared stuck (an allocator without its own cap
+# that skips every prompt would otherwise loop over the endless epoch stream).
+SIM_MAX_CYCLES = 1000
+
+
+@dataclass
+class RunRecord:
+    """Per-step figures of one run; index 0 is the state before training."""
+
+    allocator: str
+    seed: int
+    cum_rollouts: np.ndarray  # rollouts drawn so far, skipped prompts included
+    eval_pass_rate: np.ndarray
+    train_pass_rate: np.ndarray
+    trained_groups: np.ndarray
+    mixed_groups: np.ndarray  # trained groups with both outcomes
+    rollouts_trained: np.ndarray
+    rollouts_mixed: np.ndarray  # rollouts in trained mixed groups
+    allocator_seconds: np.ndarray
+    size_counts: np.ndarray  # trained groups by size 0..max_samples, summed over the run
+    prompts_consumed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metric(self, which: str) -> np.ndarray:
+        return self.eval_pass_rate if which == "eval" else self.train_pass_rate
+
+    @property
+    def steps(self) -> int:
+        return self.cum_rollouts.size - 1
+
+    @property
+    def zero_variance_share(self) -> np.ndarray:
+        groups = self.trained_groups[1:]
+        return np.where(groups > 0, 1.0 - self.mixed_groups[1:] / np.maximum(groups, 1), np.nan)
+
+
+class EpochStream:
+    """Prompts in the order OpenRLHF's dataloader gives them: shuffled each epoch, epochs back
+    to back (the run ends on rollouts, not on the data)."""
+
+    def __init__(self, world: PromptWorld) -> None:
+        self.world = world
+        self.order = world.epoch_order()
+        self.position = 0
+        self.epoch = 0
+        self.consumed = 0
+
+    def take(self, k: int) -> tuple[np.ndarray, list[int]]:
+        taken: list[np.ndarray] = []
+        while k > 0:
+            if self.position == self.order.size:
+                self.order, self.position, self.epoch = self.world.epoch_order(), 0, self.epoch + 1
+            chunk = self.order[self.position : self.position + k]
+            self.position += chunk.size
+            k -= chunk.size
+            taken.append(chunk)
+        index = np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
+        self.consumed += index.size
+        return self.world.ids[index], index.tolist()
+
+
+def build_allocator(
+    name: str, scenario: Scenario, seed: int, world: PromptWorld, options: Mapping[str, Any] | None = None
+) -> RolloutAllocator:
+    settings: dict[str, Any] = dict(
+        n_samples_per_prompt=scenario.n,
+        min_samples=scenario.min_samples,
+        max_samples=scenario.max_samples,
+        seed=seed,
+        advantage_estimator=scenario.signal,
+    )
+    if name == ORACLE:
+        return OracleAllocator(pass_rates=world.pass_rates_of, signal=scenario.signal, **settings, **dict(options or {}))
+    return create_allocator(name, **settings, **dict(options or {}))
+
+
+def run_allocator(
+    scenario: Scenario,
+    allocator_name: str,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    keep_snapshots: bool = False,
+) -> RunRecord:
+    """Train until ``scenario.total_rollouts`` rollouts are drawn; ``on_step`` gets each step's rollouts.
+
+    ``keep_snapshots`` stores the train prompts' pass rates at every epoch start (for calibration)."""
+    world = PromptWorld(scenario, seed)
+    allocator = build_allocator(allocator_name, scenario, seed, world, options)
+    stream = EpochStream(world)
+    max_cycles = getattr(allocator, "max_cycles", None) or SIM_MAX_CYCLES
+    draw_seconds = 0.0
+
+    def draw(handles: list[int], counts: np.ndarray) -> list[tuple[list[None], np.ndarray]]:
+        nonlocal draw_seconds
+        start = time.perf_counter()
+        rewards = world.draw(np.asarray(handles, dtype=np.int64), counts)
+        out = [([None] * int(c), r) for c, r in zip(counts, rewards)]
+        draw_seconds += time.perf_counter() - start
+        return out
+
+    rows = [(0, world.mean_pass_rate("eval") if scenario.eval_size else np.nan, world.mean_pass_rate("train"), 0, 0, 0, 0, 0.0)]
+    size_counts = np.zeros(scenario.max_samples + 1, dtype=np.int64)
+    cum = 0
+    snapshots = [world.pass_rates[: world.n_train].copy()] if keep_snapshots else []
+    while cum < scenario.total_rollouts:
+        epoch_before = stream.epoch
+        draw_seconds = 0.0
+        start = time.perf_counter()
+        outcome = run_step(allocator, scenario.step_budget, stream.take, draw, max_cycles=max_cycles)
+        alloc_seconds = time.perf_counter() - start - draw_seconds
+        index = np.fromiter((g.handle for g in outcome.groups), dtype=np.int64, count=len(outcome.groups))
+        sizes = np.fromiter((len(g.samples) for g in outcome.groups), dtype=np.int64, count=index.size)
+        wins = np.fromiter((g.rewards.sum() for g in outcome.groups), dtype=np.float64, count=index.size)
+        mixed = (wins > 0) & (wins < sizes)
+        world.train_step(index, sizes, wins)
+        np.add.at(size_counts, np.minimum(sizes, scenario.max_samples), 1)
+        cum += outcome.rollouts_drawn
+        rows.append(
+            (
+                cum,
+                world.mean_pass_rate("eval") if scenario.eval_size else np.nan,
+                world.mean_pass_rate("train"),
+                index.size,
+                int(mixed.sum()),
+                int(sizes.sum()),
+                int(sizes[mixed].sum()),
+                alloc_seconds,
+            )
+        )
+        if keep_snapshots and stream.epoch > epoch_before:
+            snapshots.append(world.pass_rates[: world.n_train].copy())
+        if on_step is not None:
+            on_step(outcome.rollouts_drawn)
+        if outcome.rollouts_drawn == 0:  # nothing drawn and nothing left: avoid an endless run
+            break
+    cols = list(zip(*rows))
+    return RunRecord(
+        allocator=allocator_name,
+        seed=seed,
+        cum_rollouts=np.array(cols[0], dtype=np.int64),
+        eval_pass_rate=np.array(cols[1], dtype=np.float64),
+        train_pass_rate=np.array(cols[2], dtype=np.float64),
+        trained_groups=np.array(cols[3], dtype=np.int64),
+        mixed_groups=np.array(cols[4], dtype=np.int64),
+        rollouts_trained=np.array(cols[5], dtype=np.int64),
+        rollouts_mixed=np.array(cols[6], dtype=np.int64),
+        allocator_seconds=np.array(cols[7], dtype=np.float64),
+        size_counts=size_counts,
+        prompts_consumed=stream.consumed,
+        extra={
+            "epochs_started": stream.epoch + 1,
+            "never_solved_share": float((world.successes_total[: world.n_train] == 0).mean()),
+            "pass_rate_snapshots": np.array(snapshots) if keep_snapshots else None,
+        },
+    )

@@ -56,6 +56,12 @@ class DeferredQueue:
             if entry is not None:
                 entry.due = None
 
+    def put_back(self, prompt_id: int, due: int) -> None:
+        """An out prompt that was not piloted after all waits again, its count unchanged."""
+        entry = self._entries.get(prompt_id)
+        if entry is not None and entry.due is None:
+            self.wait(prompt_id, due, entry.times_deferred)
+
     def forget(self, prompt_id: int) -> None:
         self._entries.pop(prompt_id, None)
 

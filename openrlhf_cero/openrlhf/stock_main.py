@@ -65,3 +65,14 @@ def run_stock_main(
         exec(compile(main_body, spec.origin, "exec"), namespace)
     finally:
         sys.argv = saved_argv
+
+
+def parse_stock_args(argv: Sequence[str], add_arguments=None) -> SimpleNamespace:
+    """The hierarchized args OpenRLHF's command line gives for ``argv``, after its checks."""
+    captured: list[SimpleNamespace] = []
+    run_stock_main(
+        argv,
+        add_arguments=add_arguments or (lambda parser: None),
+        train=lambda args, stock_train: captured.append(args),
+    )
+    return captured[0]

@@ -1,0 +1,290 @@
+"""``pilot_commit``: pilot a pool of prompts cheaply, commit the full group only where it pays.
+
+Method of "Spend Your Rollouts Where It Counts" (Kim et al., arXiv 2605.26606; see
+docs/pilot_commit.md for what comes from the paper and what is ours). Per cycle of
+:func:`openrlhf_cero.allocators.step_loop.run_step`:
+
+1. ``plan``: ``n_pilot`` rollouts for every prompt of the pool (a ``pool_factor`` multiple
+   of the groups the budget holds), none for prompts evicted earlier.
+2. ``extend``: the pilot mean p decides. ``band_low <= p <= band_high``: in band, commit
+   ``n - n_pilot`` more rollouts (pilot and commit form ONE group of n), as many prompts as
+   the budget holds, in pool order; in-band prompts beyond that are surplus and wait one
+   cycle in the queue. ``p < band_low``: too hard, deferred (queued, offered again after
+   ``defer_delay`` cycles through :meth:`PilotCommitAllocator.requeue`). ``p >=
+   eviction_threshold``: solved, evicted from every later epoch. Otherwise too easy: skipped
+   this time only.
+3. ``finish``: the committed groups train; the evicted set, the queue and the counters
+   are updated. The pilot rollouts of skipped prompts are drawn but not trained; they
+   count in ``rollouts_drawn`` (the cost the paper compares).
+
+``run_step`` refills with more prompts until the budget is committed, at most
+``max_rounds`` cycles (then a clear error). Decisions use no randomness: the same
+rewards give the same decisions, also after ``state_dict``/``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from openrlhf_cero.allocators.base import AllocatorError, OptionSpec, RolloutAllocator
+from openrlhf_cero.allocators.pilot_queue import DeferredQueue
+from openrlhf_cero.allocators.registry import register_allocator
+
+# Verdicts of one cycle, per prompt of the pool.
+NOT_PILOTED = -1  # evicted earlier, a duplicate in the pool, or no budget for a group
+IN_BAND = 0
+TOO_EASY = 1
+TOO_HARD = 2
+SOLVED = 3  # pilot mean at or above the eviction threshold: evicted
+
+# Share of a pool that re-offered (queued) prompts may take, so fresh data keeps flowing.
+REQUEUE_SHARE = 0.5
+
+# Slack for band edges: a pilot mean of exactly 0.125 or 0.75 is in band despite float noise.
+_EDGE = 1e-9
+
+_FLAG = "--allocator.pilot_commit."
+
+
+def classify_pilots(
+    means: np.ndarray, band_low: float, band_high: float, eviction_threshold: float
+) -> np.ndarray:
+    """Verdict per pilot mean; the band is closed on both sides, as in the paper."""
+    verdicts = np.full(means.shape, IN_BAND, dtype=np.int8)
+    verdicts[means > band_high + _EDGE] = TOO_EASY
+    verdicts[means < band_low - _EDGE] = TOO_HARD
+    verdicts[means >= eviction_threshold - _EDGE] = SOLVED
+    return verdicts
+
+
+@register_allocator
+class PilotCommitAllocator(RolloutAllocator):
+    name = "pilot_commit"
+    options = (
+        OptionSpec("n_pilot", int, 0, "pilot rollouts per prompt; 0 = a quarter of --rollout.n_samples_per_prompt "
+                   "(the paper's 16 of 64), at least 2"),
+        OptionSpec("band_low", float, 0.125, "commit only if the pilot mean is >= this; below: too hard, deferred"),
+        OptionSpec("band_high", float, 0.75, "commit only if the pilot mean is <= this; above: too easy, skipped"),
+        OptionSpec("pool_factor", float, 2.0, "prompts piloted per group the step still needs"),
+        OptionSpec("eviction_threshold", float, 1.0, "evict a prompt from later epochs when its pilot mean reaches "
+                   "this (1.0: every pilot rollout correct; above 1: never evict)"),
+        OptionSpec("max_rounds", int, 16, "pilot/commit cycles per training step before giving up with an error"),
+        OptionSpec("defer_delay", int, 4, "cycles a too-hard prompt waits before it is offered again"),
+        OptionSpec("max_defers", int, 2, "times in a row a prompt is deferred before it waits for the next epoch"),
+    )
+
+    def __init__(
+        self,
+        *,
+        n_pilot: int = 0,
+        band_low: float = 0.125,
+        band_high: float = 0.75,
+        pool_factor: float = 2.0,
+        eviction_threshold: float = 1.0,
+        max_rounds: int = 16,
+        defer_delay: int = 4,
+        max_defers: int = 2,
+        **settings: Any,
+    ) -> None:
+        super().__init__(**settings)
+        n = self.n_samples_per_prompt
+        self.n_pilot = int(n_pilot) if n_pilot else min(n, max(2, n // 4))
+        self.band_low = float(band_low)
+        self.band_high = float(band_high)
+        self.pool_factor = float(pool_factor)
+        self.eviction_threshold = float(eviction_threshold)
+        self.max_rounds = int(max_rounds)
+        self.defer_delay = int(defer_delay)
+        self.max_defers = int(max_defers)
+        self._validate()
+        self.max_cycles = self.max_rounds  # read by step_loop.run_step
+        self.max_cycles_hint = (
+            f"raise {_FLAG}max_rounds (now {self.max_rounds}) or {_FLAG}pool_factor (now {self.pool_factor:g}), "
+            f"widen {_FLAG}band_low/band_high (now {self.band_low:g}..{self.band_high:g}), or check that the data "
+            "still has prompts of medium difficulty (see allocator/pilot_too_hard, pilot_too_easy, evicted_prompts)"
+        )
+        self._evicted = np.zeros(0, dtype=np.uint64)  # sorted
+        self._queue = DeferredQueue()
+        self._totals = _Counts()
+        self._step_counts = _Counts()
+        self._reset_cycle(0)
+
+    # ── the contract ──
+
+    def prompts_wanted(self, budget: int) -> int:
+        groups = int(budget) // self.n_samples_per_prompt
+        return math.ceil(self.pool_factor * groups) if groups else 0
+
+    def requeue(self, pool_size: int) -> np.ndarray:
+        """Ids of queued prompts (deferred or surplus) the caller should put in the next pool,
+        ahead of fresh prompts: at most half of ``pool_size``, only those due. Optional for
+        the caller: one that never asks only loses the retries, since every prompt comes back
+        with the dataloader's next epoch anyway."""
+        limit = math.ceil(REQUEUE_SHARE * max(int(pool_size), 0))
+        return np.array(self._queue.take_due(self.steps, limit), dtype=np.uint64)
+
+    def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
+        self._reset_cycle(prompt_ids.size)
+        self._slots = budget // self.n_samples_per_prompt
+        self._queue.mark_out(int(pid) for pid in prompt_ids)
+        first = np.zeros(prompt_ids.size, dtype=bool)
+        first[np.unique(prompt_ids, return_index=True)[1]] = True
+        self._already_evicted = self.is_evicted(prompt_ids) & first
+        self._piloted = first & ~self._already_evicted & (self._slots > 0)
+        return np.where(self._piloted, self.n_pilot, 0)
+
+    def _extend(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        self._rounds += 1
+        if self._rounds > 1:
+            return np.zeros(prompt_ids.size, dtype=np.int64)  # the commit round was the last
+        self._decide(scores)
+        return np.where(self._committed, self.n_samples_per_prompt - self.n_pilot, 0)
+
+    def _finish(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        if self._rounds == 0:  # no rollouts at all (all evicted) or a caller that skipped extend
+            self._decide(scores)
+            self._committed[:] = False
+        self._update_memory(prompt_ids)
+        self._count_cycle()
+        return self._committed.copy()
+
+    # ── decisions ──
+
+    def _decide(self, scores: list[np.ndarray]) -> None:
+        piloted = np.flatnonzero(self._piloted)
+        means = np.array([scores[i][: self.n_pilot].mean() for i in piloted], dtype=np.float64)
+        self._verdicts[piloted] = classify_pilots(means, self.band_low, self.band_high, self.eviction_threshold)
+        in_band = np.flatnonzero(self._verdicts == IN_BAND)
+        self._committed[in_band[: self._slots]] = True
+        self._surplus[in_band[self._slots :]] = True
+
+    def _update_memory(self, prompt_ids: np.ndarray) -> None:
+        now = self.steps
+        if self._slots == 0:  # nothing could be piloted: queued prompts keep their place
+            for pid in prompt_ids[~self._already_evicted]:
+                self._queue.put_back(int(pid), now + 1)
+            return
+        solved = prompt_ids[self._verdicts == SOLVED]
+        if solved.size:
+            self._evicted = np.union1d(self._evicted, solved)
+        for i in np.flatnonzero(self._verdicts != NOT_PILOTED):
+            pid = int(prompt_ids[i])
+            if self._verdicts[i] == TOO_HARD:
+                times = self._queue.times_deferred(pid) + 1
+                if times <= self.max_defers:
+                    self._queue.wait(pid, now + self.defer_delay, times)
+                else:
+                    self._queue.forget(pid)  # back with the next epoch, with a fresh count
+            elif self._surplus[i]:
+                self._queue.wait(pid, now + 1, self._queue.times_deferred(pid))
+            else:
+                self._queue.forget(pid)
+
+    def is_evicted(self, prompt_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(prompt_ids, dtype=np.uint64)
+        if not self._evicted.size:
+            return np.zeros(ids.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self._evicted, ids), self._evicted.size - 1)
+        return self._evicted[pos] == ids
+
+    # ── bookkeeping ──
+
+    def _reset_cycle(self, size: int) -> None:
+        self._slots = 0
+        self._rounds = 0
+        self._piloted = np.zeros(size, dtype=bool)
+        self._already_evicted = np.zeros(size, dtype=bool)
+        self._verdicts = np.full(size, NOT_PILOTED, dtype=np.int8)
+        self._committed = np.zeros(size, dtype=bool)
+        self._surplus = np.zeros(size, dtype=bool)
+
+    def _count_cycle(self) -> None:
+        v = self._verdicts
+        figures = {
+            "pilot_prompts": int(self._piloted.sum()),
+            "pilot_pass": int(self._committed.sum()),
+            "pilot_surplus": int(self._surplus.sum()),
+            "pilot_too_easy": int((v == TOO_EASY).sum()),
+            "pilot_too_hard": int((v == TOO_HARD).sum()),
+            "pilot_newly_evicted": int((v == SOLVED).sum()),
+            "pilot_skipped_evicted": int(self._already_evicted.sum()),
+            "pilot_rollouts": int(self._piloted.sum()) * self.n_pilot,
+            "pilot_rollouts_skipped": int((self._piloted & ~self._committed).sum()) * self.n_pilot,
+        }
+        self._step_counts.add(figures)
+        self._totals.add(figures)
+
+    def _extra_metrics(self) -> dict[str, float]:
+        step = self._step_counts.values
+        figures = {name: float(value) for name, value in step.items()}
+        piloted = step.get("pilot_prompts", 0)
+        figures["pilot_in_band_share"] = (step.get("pilot_pass", 0) + step.get("pilot_surplus", 0)) / piloted if piloted else 0.0
+        figures["pilot_rollouts_skipped_total"] = float(self._totals.values.get("pilot_rollouts_skipped", 0))
+        figures["evicted_prompts"] = float(self._evicted.size)
+        figures["deferred_waiting"] = float(self._queue.waiting())
+        self._step_counts = _Counts()
+        return figures
+
+    def _settings(self) -> dict[str, Any]:
+        settings = super()._settings()
+        settings.update({spec.name: getattr(self, spec.name) for spec in self.options})
+        return settings
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "evicted": [int(pid) for pid in self._evicted],
+            "queue": self._queue.state(),
+            "totals": dict(self._totals.values),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self._evicted = np.unique(np.array([int(pid) for pid in state["evicted"]], dtype=np.uint64))
+        self._queue.load_state(state["queue"])
+        self._totals = _Counts(state["totals"])
+        self._step_counts = _Counts()
+        self._reset_cycle(0)
+
+    def _validate(self) -> None:
+        n = self.n_samples_per_prompt
+        if not 1 <= self.n_pilot <= n:
+            raise AllocatorError(
+                f"{_FLAG}n_pilot={self.n_pilot} must lie in [1, --rollout.n_samples_per_prompt={n}] "
+                "(or 0 for a quarter of n)"
+            )
+        if not 0.0 <= self.band_low <= self.band_high <= 1.0:
+            raise AllocatorError(
+                f"{_FLAG}band_low={self.band_low:g} and {_FLAG}band_high={self.band_high:g} must satisfy "
+                "0 <= band_low <= band_high <= 1"
+            )
+        if self.eviction_threshold <= self.band_high:
+            raise AllocatorError(
+                f"{_FLAG}eviction_threshold={self.eviction_threshold:g} must exceed {_FLAG}band_high="
+                f"{self.band_high:g}, or prompts in the band would be evicted (use a value above 1 to never evict)"
+            )
+        if not math.isfinite(self.pool_factor) or self.pool_factor < 1.0:
+            raise AllocatorError(f"{_FLAG}pool_factor={self.pool_factor:g} must be a finite number >= 1")
+        for flag, value in (("max_rounds", self.max_rounds), ("defer_delay", self.defer_delay)):
+            if value < 1:
+                raise AllocatorError(f"{_FLAG}{flag}={value} must be >= 1")
+        if self.max_defers < 0:
+            raise AllocatorError(f"{_FLAG}max_defers={self.max_defers} must be >= 0 (0: never re-offer)")
+        means = np.arange(self.n_pilot + 1) / self.n_pilot
+        if not (classify_pilots(means, self.band_low, self.band_high, self.eviction_threshold) == IN_BAND).any():
+            raise AllocatorError(
+                f"no pilot outcome k/{self.n_pilot} lies in the band [{self.band_low:g}, {self.band_high:g}], so no "
+                f"prompt could ever be committed; raise {_FLAG}n_pilot or widen {_FLAG}band_low/band_high"
+            )
+
+
+class _Counts:
+    """Named integer counters (one step's, or the run's)."""
+
+    def __init__(self, values: dict[str, int] | None = None) -> None:
+        self.values: dict[str, int] = {k: int(v) for k, v in (values or {}).items()}
+
+    def add(self, figures: dict[str, int]) -> None:
+        for name, value in figures.items():
+            self.values[name] = self.values.get(name, 0) + value

@@ -4,8 +4,9 @@ Method of "Spend Your Rollouts Where It Counts" (Kim et al., arXiv 2605.26606; s
 docs/pilot_commit.md for what comes from the paper and what is ours). Per cycle of
 :func:`openrlhf_cero.allocators.step_loop.run_step`:
 
-1. ``plan``: ``n_pilot`` rollouts for every prompt of the pool (a ``pool_factor`` multiple
-   of the groups the budget holds), none for prompts evicted earlier.
+1. ``plan``: ``n_pilot`` rollouts for every prompt of the pool (``pool_factor`` times the
+   groups the budget still holds, more when the recent in-band share is low and
+   ``adaptive_pool`` is on), none for prompts evicted earlier.
 2. ``extend``: the pilot mean p decides. ``band_low <= p <= band_high``: in band, commit
    ``n - n_pilot`` more rollouts (pilot and commit form ONE group of n), as many prompts as
    the budget holds, in pool order; in-band prompts beyond that are surplus and wait one
@@ -43,6 +44,11 @@ SOLVED = 3  # pilot mean at or above the eviction threshold: evicted
 # Share of a pool that re-offered (queued) prompts may take, so fresh data keeps flowing.
 REQUEUE_SHARE = 0.5
 
+# With ``adaptive_pool``, the pool grows to at most this multiple of ``pool_factor``.
+MAX_POOL_GROWTH = 8.0
+# Weight of the previous cycles in the in-band share that sizes adaptive pools.
+YIELD_DECAY = 0.8
+
 # Slack for band edges: a pilot mean of exactly 0.125 or 0.75 is in band despite float noise.
 _EDGE = 1e-9
 
@@ -65,10 +71,13 @@ class PilotCommitAllocator(RolloutAllocator):
     name = "pilot_commit"
     options = (
         OptionSpec("n_pilot", int, 0, "pilot rollouts per prompt; 0 = a quarter of --rollout.n_samples_per_prompt "
-                   "(the paper's 16 of 64), at least 2"),
+                   "(the paper's 16 of 64), at least 4 (at most n)"),
         OptionSpec("band_low", float, 0.125, "commit only if the pilot mean is >= this; below: too hard, deferred"),
         OptionSpec("band_high", float, 0.75, "commit only if the pilot mean is <= this; above: too easy, skipped"),
-        OptionSpec("pool_factor", float, 2.0, "prompts piloted per group the step still needs"),
+        OptionSpec("pool_factor", float, 2.0, "prompts piloted per group the step still needs (the minimum, "
+                   "when adaptive_pool is on)"),
+        OptionSpec("adaptive_pool", bool, True, "grow the pool to 1 / (recent in-band share) groups when that "
+                   "exceeds pool_factor (at most 8x), so a step rarely needs many cycles"),
         OptionSpec("eviction_threshold", float, 1.0, "evict a prompt from later epochs when its pilot mean reaches "
                    "this (1.0: every pilot rollout correct; above 1: never evict)"),
         OptionSpec("max_rounds", int, 16, "pilot/commit cycles per training step before giving up with an error"),
@@ -83,6 +92,7 @@ class PilotCommitAllocator(RolloutAllocator):
         band_low: float = 0.125,
         band_high: float = 0.75,
         pool_factor: float = 2.0,
+        adaptive_pool: bool = True,
         eviction_threshold: float = 1.0,
         max_rounds: int = 16,
         defer_delay: int = 4,
@@ -91,10 +101,11 @@ class PilotCommitAllocator(RolloutAllocator):
     ) -> None:
         super().__init__(**settings)
         n = self.n_samples_per_prompt
-        self.n_pilot = int(n_pilot) if n_pilot else min(n, max(2, n // 4))
+        self.n_pilot = int(n_pilot) if n_pilot else min(n, max(4, n // 4))
         self.band_low = float(band_low)
         self.band_high = float(band_high)
         self.pool_factor = float(pool_factor)
+        self.adaptive_pool = bool(adaptive_pool)
         self.eviction_threshold = float(eviction_threshold)
         self.max_rounds = int(max_rounds)
         self.defer_delay = int(defer_delay)
@@ -110,13 +121,24 @@ class PilotCommitAllocator(RolloutAllocator):
         self._queue = DeferredQueue()
         self._totals = _Counts()
         self._step_counts = _Counts()
+        self._yield = (0.0, 0.0)  # decayed (prompts offered, prompts in band) over recent cycles
         self._reset_cycle(0)
 
     # ── the contract ──
 
     def prompts_wanted(self, budget: int) -> int:
         groups = int(budget) // self.n_samples_per_prompt
-        return math.ceil(self.pool_factor * groups) if groups else 0
+        return math.ceil(self.pool_multiple() * groups) if groups else 0
+
+    def pool_multiple(self) -> float:
+        """Prompts offered per group needed: ``pool_factor``, or with ``adaptive_pool`` the
+        inverse of the recent in-band share when that is larger (capped), so that one cycle
+        usually fills the step and surplus stays small."""
+        offered, in_band = self._yield
+        if not self.adaptive_pool or offered <= 0:
+            return self.pool_factor
+        share = max(in_band / offered, 1.0 / (MAX_POOL_GROWTH * self.pool_factor))
+        return max(self.pool_factor, 1.0 / share)
 
     def requeue(self, pool_size: int) -> np.ndarray:
         """Ids of queued prompts (deferred or surplus) the caller should put in the next pool,
@@ -216,6 +238,10 @@ class PilotCommitAllocator(RolloutAllocator):
         }
         self._step_counts.add(figures)
         self._totals.add(figures)
+        offered = figures["pilot_prompts"] + figures["pilot_skipped_evicted"]
+        if offered:
+            in_band = figures["pilot_pass"] + figures["pilot_surplus"]
+            self._yield = (YIELD_DECAY * self._yield[0] + offered, YIELD_DECAY * self._yield[1] + in_band)
 
     def _extra_metrics(self) -> dict[str, float]:
         step = self._step_counts.values
@@ -223,6 +249,7 @@ class PilotCommitAllocator(RolloutAllocator):
         piloted = step.get("pilot_prompts", 0)
         figures["pilot_in_band_share"] = (step.get("pilot_pass", 0) + step.get("pilot_surplus", 0)) / piloted if piloted else 0.0
         figures["pilot_rollouts_skipped_total"] = float(self._totals.values.get("pilot_rollouts_skipped", 0))
+        figures["pilot_pool_multiple"] = self.pool_multiple()
         figures["evicted_prompts"] = float(self._evicted.size)
         figures["deferred_waiting"] = float(self._queue.waiting())
         self._step_counts = _Counts()
@@ -238,12 +265,14 @@ class PilotCommitAllocator(RolloutAllocator):
             "evicted": [int(pid) for pid in self._evicted],
             "queue": self._queue.state(),
             "totals": dict(self._totals.values),
+            "yield": list(self._yield),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self._evicted = np.unique(np.array([int(pid) for pid in state["evicted"]], dtype=np.uint64))
         self._queue.load_state(state["queue"])
         self._totals = _Counts(state["totals"])
+        self._yield = (float(state["yield"][0]), float(state["yield"][1]))
         self._step_counts = _Counts()
         self._reset_cycle(0)
 

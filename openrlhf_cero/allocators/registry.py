@@ -60,6 +60,12 @@ def available_allocators() -> list[str]:
     return sorted(name for name, cls in _REGISTRY.items() if not getattr(cls, "test_only", False))
 
 
+def registered_allocators() -> list[str]:
+    """Every registered name, test-only allocators included."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
 def allocator_class(name: str) -> type[RolloutAllocator]:
     _load_all()
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openrlhf_cero.allocators.base import RolloutAllocator
+from openrlhf_cero.allocators.base import OptionSpec, RolloutAllocator
 from openrlhf_cero.allocators.registry import register_allocator
 
 
@@ -17,6 +17,7 @@ from openrlhf_cero.allocators.registry import register_allocator
 class UnequalTestAllocator(RolloutAllocator):
     name = "unequal_test"
     test_only = True
+    options = (OptionSpec("extra_round", bool, False, "hold half of each group back for a second round"),)
 
     def __init__(self, *, extra_round: bool = False, **settings) -> None:
         super().__init__(**settings)

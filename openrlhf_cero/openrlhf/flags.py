@@ -14,7 +14,7 @@ from typing import Any
 
 from openrlhf_cero.allocators import AllocatorError, RolloutAllocator, allocator_class, create_allocator
 from openrlhf_cero.allocators.base import GROUP_ESTIMATORS
-from openrlhf_cero.allocators.registry import available_allocators
+from openrlhf_cero.allocators.registry import available_allocators, registered_allocators
 
 
 def add_allocator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +55,14 @@ def add_allocator_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="parse and check every flag (OpenRLHF's checks and ours), print the settings, start nothing",
     )
-    for name in available_allocators():
+    for name in registered_allocators():
         cls = allocator_class(name)
         for option in cls.options:
             flag = f"--allocator.{name}.{option.name}"
-            kwargs: dict[str, Any] = dict(default=option.default, help=f"[{name}] {option.help}")
+            hidden = getattr(cls, "test_only", False)
+            kwargs: dict[str, Any] = dict(
+                default=option.default, help=argparse.SUPPRESS if hidden else f"[{name}] {option.help}"
+            )
             if option.type is bool:
                 kwargs["type"] = _parse_bool
                 kwargs["metavar"] = "{true,false}"

@@ -1,0 +1,364 @@
+"""``cero``: Cross-Epoch adaptive Rollout Optimization (arXiv 2606.05606; derivation in docs/cero.md).
+
+Each prompt carries a Beta posterior over its success probability and its cumulative
+allocation X over all epochs. The utility of X is concave and saturating, scaled by the
+posterior expected Bernoulli variance v, so rollouts go where outcomes are uncertain and
+move away from prompts that already received many in earlier epochs.
+
+Duals, all kept as logarithms:
+
+* prompt dual ``log mu_i``: the Fenchel dual of U_i at X_i, i.e. the marginal utility
+  U_i'(X_i); moved by a projected gradient step (size ``prompt_dual_step``; 1 = exact)
+  after each visit;
+* budget dual ``log lambda``: in ``step`` mode solved exactly per step so the step spends
+  its budget; in ``global`` mode paced by projected online gradient descent so the run
+  spends ``global_budget`` over ``global_steps`` steps.
+
+A visit's allocation is the smoothed best response to (mu_i, lambda): the rollouts that
+bring the prompt's marginal utility from mu_i down to lambda, clipped to
+[min_samples, max_samples], then rounded to integers keeping the total exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from openrlhf_cero.allocators.base import AllocatorError, OptionSpec, RolloutAllocator
+from openrlhf_cero.allocators.cero_utility import (
+    UTILITY_FORMS,
+    beta_value,
+    log_marginal,
+    log_ratio_for,
+    rollouts_to_level,
+)
+from openrlhf_cero.allocators.prompt_table import PromptTable
+from openrlhf_cero.allocators.registry import register_allocator
+from openrlhf_cero.allocators.waterfill import round_to_total, solve_log_dual
+
+BUDGET_MODES = ("step", "global")
+# lambda never needs to exceed the largest possible marginal utility, v <= 1/4.
+LOG_DUAL_MAX = math.log(0.25)
+
+
+@register_allocator
+class CeroAllocator(RolloutAllocator):
+    name = "cero"
+    options = (
+        OptionSpec("prior_alpha", float, 1.0, "Beta prior alpha of every prompt's success probability (> 0)"),
+        OptionSpec("prior_beta", float, 1.0, "Beta prior beta of every prompt's success probability (> 0)"),
+        OptionSpec(
+            "saturation_scale",
+            float,
+            16.0,
+            "saturation scale k of the cumulative-allocation utility, in rollouts: a prompt that got k more "
+            "rollouts in earlier epochs counts as worth exp(-1) as much now (exp form)",
+        ),
+        OptionSpec("utility", str, "exp", "saturating utility form of the cumulative allocation", UTILITY_FORMS),
+        OptionSpec(
+            "prompt_dual_step",
+            float,
+            1.0,
+            "projected gradient step on each prompt's log dual after a visit, in (0, 1]; 1 jumps to the exact "
+            "Fenchel minimiser, smaller values average the value estimate over visits",
+        ),
+        OptionSpec(
+            "budget_dual_step",
+            float,
+            0.5,
+            "global mode: step size of the budget dual's online gradient descent (divided by sqrt(global_steps))",
+        ),
+        OptionSpec(
+            "budget_mode",
+            str,
+            "step",
+            "step: every step spends exactly rollout.batch_size * n_samples_per_prompt; global: pace "
+            "global_budget over global_steps, each step between the floor and the step's budget",
+            BUDGET_MODES,
+        ),
+        OptionSpec("global_budget", int, 0, "global mode: total rollouts of the run (required there)"),
+        OptionSpec("global_steps", int, 0, "global mode: steps the global budget is paced over (required there)"),
+        OptionSpec(
+            "step_floor",
+            float,
+            0.5,
+            "global mode: least share of the step's budget a step spends, in [0, 1] (the step's budget is the "
+            "ceiling)",
+        ),
+    )
+
+    def __init__(
+        self,
+        *,
+        prior_alpha: float = 1.0,
+        prior_beta: float = 1.0,
+        saturation_scale: float = 16.0,
+        utility: str = "exp",
+        prompt_dual_step: float = 1.0,
+        budget_dual_step: float = 0.5,
+        budget_mode: str = "step",
+        global_budget: int = 0,
+        global_steps: int = 0,
+        step_floor: float = 0.5,
+        **settings: Any,
+    ) -> None:
+        super().__init__(**settings)
+        self.prior_alpha = _positive("prior_alpha", prior_alpha)
+        self.prior_beta = _positive("prior_beta", prior_beta)
+        self.saturation_scale = _positive("saturation_scale", saturation_scale)
+        self.utility = _choice("utility", utility, UTILITY_FORMS)
+        self.prompt_dual_step = float(prompt_dual_step)
+        if not 0.0 < self.prompt_dual_step <= 1.0:
+            raise AllocatorError(f"--allocator.cero.prompt_dual_step={prompt_dual_step} must lie in (0, 1]")
+        self.budget_dual_step = _positive("budget_dual_step", budget_dual_step)
+        self.budget_mode = _choice("budget_mode", budget_mode, BUDGET_MODES)
+        self.global_budget = int(global_budget)
+        self.global_steps = int(global_steps)
+        self.step_floor = float(step_floor)
+        if not 0.0 <= self.step_floor <= 1.0:
+            raise AllocatorError(f"--allocator.cero.step_floor={step_floor} must lie in [0, 1]")
+        if self.budget_mode == "global" and (self.global_budget <= 0 or self.global_steps <= 0):
+            raise AllocatorError(
+                "--allocator.cero.budget_mode global needs --allocator.cero.global_budget (total rollouts, > 0) and "
+                f"--allocator.cero.global_steps (> 0); got {self.global_budget} and {self.global_steps}"
+            )
+        self.log_prior_value = float(np.log(beta_value(self.prior_alpha, self.prior_beta)))
+        self.table = PromptTable(
+            {
+                "alpha": (np.float32, self.prior_alpha),
+                "beta": (np.float32, self.prior_beta),
+                "cumulative": (np.float32, 0.0),
+                "visits": (np.uint32, 0),
+                "log_dual": (np.float32, self.log_prior_value),
+            }
+        )
+        self.log_budget_dual: float | None = None  # global mode's OGD iterate
+        self.global_spent = 0
+        self.global_plans = 0
+        self._planned_ids = np.zeros(0, dtype=np.uint64)
+        self._planned_rows = np.zeros(0, dtype=np.int64)
+        self._figures = _CeroFigures()
+
+    # ── plan ──
+
+    def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
+        rows = self.table.lookup_or_insert(prompt_ids)
+        self._planned_ids, self._planned_rows = prompt_ids.copy(), rows
+        if prompt_ids.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        log_mu = self.table.columns["log_dual"][rows].astype(np.float64)
+        cumulative = self.table.columns["cumulative"][rows].astype(np.float64)
+        batch = _Batch(self, log_mu, cumulative)
+        if self.budget_mode == "step":
+            self.check_budget(prompt_ids.size, budget)
+            log_dual = batch.solve(budget)
+            total = budget
+        else:
+            log_dual, total = self._pace(batch, prompt_ids.size, budget)
+        counts = round_to_total(batch.clipped(log_dual), total, self.min_samples, self.max_samples, prompt_ids)
+        cols = self.table.columns
+        values = beta_value(cols["alpha"][rows], cols["beta"][rows])
+        self._figures.add_plan(log_dual, values, counts, self.min_samples, self.max_samples)
+        return counts
+
+    def _pace(self, batch: "_Batch", size: int, budget: int) -> tuple[float, int]:
+        """Global mode: this step's log dual and total. The OGD iterate sets the spend; a
+        spend outside [floor, ceiling] is clamped for this step only; the last paced step
+        spends exactly what is left."""
+        ceiling = min(int(budget), size * self.max_samples)
+        floor = max(math.ceil(self.step_floor * budget), size * self.min_samples)
+        if floor > ceiling:
+            raise AllocatorError(
+                f"global budget mode: the step floor {floor} (--allocator.cero.step_floor={self.step_floor} of the "
+                f"step's budget {budget}, at least {size} prompts x --allocator.min_samples={self.min_samples}) "
+                f"exceeds the ceiling {ceiling} (the step's budget, at most {size} x --allocator.max_samples="
+                f"{self.max_samples}); offer more prompts or lower the floor"
+            )
+        steps_left = self.global_steps - self.global_plans
+        budget_left = self.global_budget - self.global_spent
+        self.global_plans += 1
+        if steps_left <= 0 or budget_left <= floor:  # the paced horizon is over: spend the floor
+            total = floor
+            log_dual = batch.solve(total)
+        elif steps_left == 1:
+            total = min(max(budget_left, floor), ceiling)
+            log_dual = batch.solve(total)
+        else:
+            target = budget_left / steps_left
+            if self.log_budget_dual is None:  # first step: start at the dual that meets the pace
+                self.log_budget_dual = batch.solve(min(max(target, floor), ceiling))
+            log_dual = self.log_budget_dual
+            spend = batch.total(log_dual)
+            if not floor <= spend <= ceiling:
+                log_dual = batch.solve(min(max(spend, floor), ceiling))
+            total = min(max(int(round(batch.total(log_dual))), floor), ceiling)
+            # Projected OGD on log lambda: the dual function's gradient is (target - spend).
+            eta = self.budget_dual_step / math.sqrt(self.global_steps)
+            self.log_budget_dual = min(self.log_budget_dual + eta * (spend - target) / target, LOG_DUAL_MAX)
+        self.global_spent += total
+        return log_dual, total
+
+    # ── finish ──
+
+    def _finish(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        if np.array_equal(prompt_ids, self._planned_ids):
+            rows = self._planned_rows
+        else:
+            rows = self.table.lookup_or_insert(prompt_ids)
+        sizes = self._drawn
+        observed = sizes > 0
+        successes = _group_sums(scores, sizes)
+        cols = self.table.columns
+        old_marginal_shift = log_marginal(self.utility, 0.0, cols["cumulative"][rows], self.saturation_scale)
+        np.add.at(cols["alpha"], rows, successes.astype(np.float32))
+        np.add.at(cols["beta"], rows, (sizes - successes).astype(np.float32))
+        np.add.at(cols["cumulative"], rows, sizes.astype(np.float32))
+        np.add.at(cols["visits"], rows[observed], np.uint32(1))
+        self._update_prompt_duals(rows, old_marginal_shift)
+        self._figures.add_finish(cols["cumulative"][rows])
+        self._planned_ids = np.zeros(0, dtype=np.uint64)
+        self._planned_rows = np.zeros(0, dtype=np.int64)
+        return observed
+
+    def _update_prompt_duals(self, rows: np.ndarray, old_shift: np.ndarray) -> None:
+        """log mu <- min(log v, log mu + shift(X) + eta (log mu* - log mu - shift(X))):
+        the known change of X moves the dual exactly; the new posterior value by one
+        projected gradient step toward the Fenchel minimiser log mu* = log v + log u'(X/k)."""
+        cols = self.table.columns
+        rows, first = np.unique(rows, return_index=True)
+        old_shift = old_shift[first]
+        log_value = np.log(beta_value(cols["alpha"][rows], cols["beta"][rows]))
+        new_shift = log_marginal(self.utility, 0.0, cols["cumulative"][rows], self.saturation_scale)
+        moved = cols["log_dual"][rows].astype(np.float64) + (new_shift - old_shift)
+        target = log_value + new_shift
+        updated = moved + self.prompt_dual_step * (target - moved)
+        cols["log_dual"][rows] = np.minimum(updated, log_value)
+
+    # ── state and metrics ──
+
+    def posterior(self, prompt_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Tracked state of some prompts (priors for untracked ones), for tests and analysis."""
+        rows = self.table.lookup(np.asarray(prompt_ids, dtype=np.uint64))
+        known = rows >= 0
+        out: dict[str, np.ndarray] = {}
+        for name, (dtype, default) in self.table.spec.items():
+            values = np.full(rows.size, default, dtype=np.float64)
+            values[known] = self.table.columns[name][rows[known]]
+            out[name] = values
+        out["value"] = beta_value(out["alpha"], out["beta"])
+        return out
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "table": self.table.state(),
+            "log_budget_dual": self.log_budget_dual,
+            "global_spent": self.global_spent,
+            "global_plans": self.global_plans,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.table.load_state(state["table"])
+        self.log_budget_dual = state["log_budget_dual"]
+        self.global_spent = int(state["global_spent"])
+        self.global_plans = int(state["global_plans"])
+        self._planned_ids = np.zeros(0, dtype=np.uint64)
+        self._planned_rows = np.zeros(0, dtype=np.int64)
+        self._figures = _CeroFigures()
+
+    def _settings(self) -> dict[str, Any]:
+        settings = super()._settings()
+        settings.update({spec.name: getattr(self, spec.name) for spec in self.options})
+        return settings
+
+    def _extra_metrics(self) -> dict[str, float]:
+        figures = self._figures.summary()
+        figures["tracked_prompts"] = float(len(self.table))
+        if self.budget_mode == "global":
+            figures["global_budget_left"] = float(self.global_budget - self.global_spent)
+        self._figures = _CeroFigures()
+        return figures
+
+
+class _Batch:
+    """One batch's continuous allocation as a function of the log budget dual."""
+
+    def __init__(self, alloc: CeroAllocator, log_mu: np.ndarray, cumulative: np.ndarray) -> None:
+        self.form, self.scale = alloc.utility, alloc.saturation_scale
+        self.low, self.high = alloc.min_samples, alloc.max_samples
+        self.log_mu, self.cumulative = log_mu, cumulative
+        # Below the first every prompt is at max_samples; above the second at min_samples.
+        self.bracket = (
+            float((log_mu - log_ratio_for(self.form, self.high, cumulative, self.scale)).min()),
+            float((log_mu - log_ratio_for(self.form, self.low, cumulative, self.scale)).max()),
+        )
+
+    def raw(self, log_dual: float) -> np.ndarray:
+        return rollouts_to_level(self.form, self.log_mu - log_dual, self.cumulative, self.scale)
+
+    def clipped(self, log_dual: float) -> np.ndarray:
+        return np.clip(self.raw(log_dual), self.low, self.high)
+
+    def total(self, log_dual: float) -> float:
+        return float(self.clipped(log_dual).sum())
+
+    def solve(self, total: float) -> float:
+        return solve_log_dual(self.raw, self.low, self.high, total, self.bracket)
+
+
+class _CeroFigures:
+    """CERO's own figures over the cycles since the last ``metrics()``."""
+
+    def __init__(self) -> None:
+        self.log_duals: list[float] = []
+        self.value_sum = 0.0
+        self.planned = 0
+        self.at_min = 0
+        self.at_max = 0
+        self.cumulative_sum = 0.0
+        self.finished = 0
+
+    def add_plan(self, log_dual: float, values: np.ndarray, counts: np.ndarray, low: int, high: int) -> None:
+        self.log_duals.append(float(log_dual))
+        self.value_sum += float(values.sum())
+        self.planned += counts.size
+        self.at_min += int((counts == low).sum())
+        self.at_max += int((counts == high).sum())
+
+    def add_finish(self, cumulative: np.ndarray) -> None:
+        self.cumulative_sum += float(cumulative.sum())
+        self.finished += cumulative.size
+
+    def summary(self) -> dict[str, float]:
+        if not self.planned:
+            return {}
+        figures = {
+            "budget_dual_log": float(np.mean(self.log_duals)),
+            "value_mean": self.value_sum / self.planned,
+            "share_at_min": self.at_min / self.planned,
+            "share_at_max": self.at_max / self.planned,
+        }
+        if self.finished:
+            figures["cumulative_allocation_mean"] = self.cumulative_sum / self.finished
+        return figures
+
+
+def _group_sums(scores: list[np.ndarray], sizes: np.ndarray) -> np.ndarray:
+    if not sizes.sum():
+        return np.zeros(sizes.size)
+    flat = np.concatenate(scores)
+    return np.bincount(np.repeat(np.arange(sizes.size), sizes), weights=flat, minlength=sizes.size)
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not value > 0.0 or not math.isfinite(value):
+        raise AllocatorError(f"--allocator.cero.{name}={value} must be a positive number")
+    return value
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise AllocatorError(f"--allocator.cero.{name}={value!r} is not one of {', '.join(choices)}")
+    return value

@@ -1,0 +1,62 @@
+"""Water-filling: the budget dual that makes clipped per-prompt allocations spend a total,
+and rounding to integers that keeps the total and the bounds exactly.
+
+Every prompt's continuous allocation ``n_i(t)`` is non-increasing in the log budget dual
+``t = log lambda`` and clipped to ``[low, high]``, so the total is monotone in t and one
+scalar root (scipy's brentq) sets it to any feasible budget. Rounding by largest
+remainder then moves at most one rollout per prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import brentq
+
+# n(t) for every prompt of the batch at log budget dual t (before clipping).
+Allocation = Callable[[float], np.ndarray]
+
+
+def solve_log_dual(allocation: Allocation, low: int, high: int, total: float, bracket: tuple[float, float]) -> float:
+    """The t at which ``sum(clip(allocation(t), low, high)) == total``.
+
+    ``bracket = (t_all_high, t_all_low)``: at the first every prompt is at ``high``, at
+    the second every prompt is at ``low``. ``total`` must lie between those sums.
+    """
+    t_all_high, t_all_low = bracket
+
+    def excess(t: float) -> float:
+        return float(np.clip(allocation(t), low, high).sum()) - total
+
+    if excess(t_all_low) >= 0.0:
+        return t_all_low
+    if excess(t_all_high) <= 0.0:
+        return t_all_high
+    return brentq(excess, t_all_high, t_all_low, xtol=1e-9, rtol=1e-12, maxiter=200)
+
+
+def round_to_total(continuous: np.ndarray, total: int, low: int, high: int, tiebreak: np.ndarray) -> np.ndarray:
+    """Integers within ``[low, high]`` summing to ``total``, each within one of ``continuous``
+    where the bounds allow (largest remainder; ties go by ``tiebreak``, ascending)."""
+    size = continuous.size
+    if not low * size <= total <= high * size:
+        raise ValueError(f"total {total} is outside [{low * size}, {high * size}] for {size} prompts")
+    clipped = np.clip(continuous, low, high)
+    counts = np.floor(clipped + 1e-9).astype(np.int64)
+    remainder = clipped - counts
+    missing = int(total - counts.sum())
+    while missing:
+        if missing > 0:  # round up the largest remainders that have room
+            room = np.flatnonzero(counts < high)
+            order = room[np.lexsort((tiebreak[room], -remainder[room]))]
+            chosen = order[:missing]
+            counts[chosen] += 1
+        else:  # round down the smallest remainders above the floor
+            room = np.flatnonzero(counts > low)
+            order = room[np.lexsort((tiebreak[room], remainder[room]))]
+            chosen = order[:-missing]
+            counts[chosen] -= 1
+        remainder[chosen] = 0.0
+        missing = int(total - counts.sum())
+    return counts

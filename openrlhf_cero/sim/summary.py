@@ -1,0 +1,140 @@
+"""Benchmark figures from run records: per allocator, mean and spread over seeds.
+
+Runs of different allocators with the same seed share the dataset and its shuffles,
+so ratios to ``uniform`` are taken per seed (paired) and then averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from openrlhf_cero.sim.runner import RunRecord
+from openrlhf_cero.sim.scenario import Scenario
+
+BASELINE = "uniform"
+
+
+def rollouts_to_target(record: RunRecord, metric: str, target: float) -> float:
+    """Cumulative rollouts at which the mean pass rate first reaches ``target`` (linear
+    interpolation between steps); NaN when the run never reaches it."""
+    values = record.metric(metric)
+    hit = np.flatnonzero(values >= target)
+    if not hit.size:
+        return math.nan
+    i = int(hit[0])
+    if i == 0:
+        return 0.0
+    x0, x1 = record.cum_rollouts[i - 1], record.cum_rollouts[i]
+    y0, y1 = values[i - 1], values[i]
+    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0)) if y1 > y0 else float(x1)
+
+
+def pass_rate_at(record: RunRecord, metric: str, rollouts: float) -> float:
+    return float(np.interp(rollouts, record.cum_rollouts, record.metric(metric)))
+
+
+@dataclass
+class Stat:
+    mean: float
+    sd: float
+    reached: int  # seeds with a finite value
+    seeds: int
+
+    def text(self, fmt: str = "{:.3f}") -> str:
+        if self.reached == 0:
+            return "not reached"
+        body = fmt.format(self.mean) + (f" ± {fmt.format(self.sd)}" if self.seeds > 1 else "")
+        return body if self.reached == self.seeds else f"{body} ({self.reached}/{self.seeds} reached)"
+
+
+def stat(values: list[float]) -> Stat:
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if not finite.size:
+        return Stat(math.nan, math.nan, 0, arr.size)
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return Stat(float(finite.mean()), sd, int(finite.size), int(arr.size))
+
+
+@dataclass
+class AllocatorSummary:
+    allocator: str
+    rollouts_to_target: Stat
+    ratio_to_uniform: Stat | None  # uniform's rollouts-to-target / this one's (> 1: fewer rollouts)
+    effective_rollout_ratio: Stat
+    mixed_per_1000: Stat
+    final_pass_rate: Stat  # headline metric at equal rollouts
+    final_eval_pass_rate: Stat
+    allocator_ms_per_step: Stat
+
+
+def summarise(scenario: Scenario, records: dict[str, list[RunRecord]]) -> list[AllocatorSummary]:
+    """One summary per allocator; ``records[name]`` holds one run per seed, seeds in the same order."""
+    metric, target = scenario.metric, scenario.target
+    equal = min(int(r.cum_rollouts[-1]) for runs in records.values() for r in runs)
+    baseline = {r.seed: rollouts_to_target(r, metric, target) for r in records.get(BASELINE, [])}
+    out = []
+    for name, runs in records.items():
+        to_target = [rollouts_to_target(r, metric, target) for r in runs]
+        ratio = None
+        if baseline:
+            ratio = stat([baseline.get(r.seed, math.nan) / t if t > 0 else math.nan for r, t in zip(runs, to_target)])
+        drawn = [float(r.cum_rollouts[-1]) for r in runs]
+        out.append(
+            AllocatorSummary(
+                allocator=name,
+                rollouts_to_target=stat(to_target),
+                ratio_to_uniform=ratio,
+                effective_rollout_ratio=stat([r.rollouts_mixed.sum() / d for r, d in zip(runs, drawn)]),
+                mixed_per_1000=stat([1000.0 * r.mixed_groups.sum() / d for r, d in zip(runs, drawn)]),
+                final_pass_rate=stat([pass_rate_at(r, metric, equal) for r in runs]),
+                final_eval_pass_rate=stat(
+                    [pass_rate_at(r, "eval", equal) if scenario.eval_size else math.nan for r in runs]
+                ),
+                allocator_ms_per_step=stat([1000.0 * r.allocator_seconds[1:].mean() for r in runs]),
+            )
+        )
+    return out
+
+
+def markdown_table(scenario: Scenario, summaries: list[AllocatorSummary], equal_rollouts: int) -> str:
+    metric = "train" if scenario.metric == "train" else "held-out"
+    head = (
+        f"| allocator | rollouts to {metric} pass rate {scenario.target:g} | speed-up vs uniform (x) "
+        f"| effective-rollout ratio | mixed groups / 1000 rollouts | final {metric} pass rate "
+        f"| final held-out pass rate | allocator ms / step |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for s in summaries:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    s.allocator,
+                    s.rollouts_to_target.text("{:,.0f}"),
+                    s.ratio_to_uniform.text("{:.2f}") if s.ratio_to_uniform else "n/a",
+                    s.effective_rollout_ratio.text(),
+                    s.mixed_per_1000.text("{:.1f}"),
+                    s.final_pass_rate.text(),
+                    s.final_eval_pass_rate.text(),
+                    s.allocator_ms_per_step.text("{:.2f}"),
+                ]
+            )
+            + " |"
+        )
+    seeds = summaries[0].rollouts_to_target.seeds if summaries else 0
+    lines.append("")
+    lines.append(
+        f"Mean ± sample SD over {seeds} seed(s). Final pass rates at equal rollouts "
+        f"({equal_rollouts:,} per run). Speed-up: uniform's rollouts to target divided by the allocator's, "
+        "per seed. Effective-rollout ratio: rollouts in trained groups with mixed rewards / rollouts drawn "
+        "(skipped prompts' rollouts included)."
+    )
+    return "\n".join(lines)
+
+
+def equal_rollouts(records: dict[str, list[RunRecord]]) -> int:
+    return min(int(r.cum_rollouts[-1]) for runs in records.values() for r in runs)

@@ -175,6 +175,7 @@ def run_allocator(
         prompts_consumed=stream.consumed,
         extra={
             "epochs_started": stream.epoch + 1,
+            "world_rollouts_drawn": world.rollouts_drawn,
             "never_solved_share": float((world.successes_total[: world.n_train] == 0).mean()),
             "pass_rate_snapshots": np.array(snapshots) if keep_snapshots else None,
         },

@@ -62,6 +62,7 @@ class PromptWorld:
         )
         self._index_of = {int(pid): i for i, pid in enumerate(self.ids[: self.n_train])}
         self.successes_total = np.zeros(total, dtype=np.int64)  # over every rollout drawn
+        self.rollouts_drawn = 0  # every reward sampled, trained or not
 
     # ── reading ──
 
@@ -90,6 +91,7 @@ class PromptWorld:
         counts = np.asarray(counts, dtype=np.int64)
         p = self.pass_rates[np.asarray(index, dtype=np.int64)]
         flat = (self.reward_rng.random(int(counts.sum())) < np.repeat(p, counts)).astype(np.float64)
+        self.rollouts_drawn += int(counts.sum())
         np.add.at(self.successes_total, np.repeat(np.asarray(index, dtype=np.int64), counts), flat.astype(np.int64))
         return np.split(flat, np.cumsum(counts)[:-1])
 

@@ -151,7 +151,7 @@ class PilotCommitAllocator(RolloutAllocator):
     def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
         self._reset_cycle(prompt_ids.size)
         self._slots = budget // self.n_samples_per_prompt
-        self._queue.mark_out(int(pid) for pid in prompt_ids)
+        self._queue.mark_out(prompt_ids.tolist())
         first = np.zeros(prompt_ids.size, dtype=bool)
         first[np.unique(prompt_ids, return_index=True)[1]] = True
         self._already_evicted = self.is_evicted(prompt_ids) & first
@@ -177,7 +177,9 @@ class PilotCommitAllocator(RolloutAllocator):
 
     def _decide(self, scores: list[np.ndarray]) -> None:
         piloted = np.flatnonzero(self._piloted)
-        means = np.array([scores[i][: self.n_pilot].mean() for i in piloted], dtype=np.float64)
+        # Called after the pilot round only: piloted prompts hold n_pilot scores, the rest none.
+        flat = np.concatenate(scores) if scores else np.zeros(0)
+        means = flat.reshape(piloted.size, self.n_pilot).mean(axis=1)
         self._verdicts[piloted] = classify_pilots(means, self.band_low, self.band_high, self.eviction_threshold)
         in_band = np.flatnonzero(self._verdicts == IN_BAND)
         self._committed[in_band[: self._slots]] = True
@@ -186,24 +188,22 @@ class PilotCommitAllocator(RolloutAllocator):
     def _update_memory(self, prompt_ids: np.ndarray) -> None:
         now = self.steps
         if self._slots == 0:  # nothing could be piloted: queued prompts keep their place
-            for pid in prompt_ids[~self._already_evicted]:
-                self._queue.put_back(int(pid), now + 1)
+            for pid in prompt_ids[~self._already_evicted].tolist():
+                self._queue.put_back(pid, now + 1)
             return
         solved = prompt_ids[self._verdicts == SOLVED]
         if solved.size:
             self._evicted = np.union1d(self._evicted, solved)
-        for i in np.flatnonzero(self._verdicts != NOT_PILOTED):
-            pid = int(prompt_ids[i])
-            if self._verdicts[i] == TOO_HARD:
-                times = self._queue.times_deferred(pid) + 1
-                if times <= self.max_defers:
-                    self._queue.wait(pid, now + self.defer_delay, times)
-                else:
-                    self._queue.forget(pid)  # back with the next epoch, with a fresh count
-            elif self._surplus[i]:
-                self._queue.wait(pid, now + 1, self._queue.times_deferred(pid))
+        for pid in prompt_ids[self._verdicts == TOO_HARD].tolist():
+            times = self._queue.times_deferred(pid) + 1
+            if times <= self.max_defers:
+                self._queue.wait(pid, now + self.defer_delay, times)
             else:
-                self._queue.forget(pid)
+                self._queue.forget(pid)  # back with the next epoch, with a fresh count
+        for pid in prompt_ids[self._surplus].tolist():
+            self._queue.wait(pid, now + 1, self._queue.times_deferred(pid))
+        settled = (self._verdicts != NOT_PILOTED) & (self._verdicts != TOO_HARD) & ~self._surplus
+        self._queue.forget_all(prompt_ids[settled].tolist())
 
     def is_evicted(self, prompt_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(prompt_ids, dtype=np.uint64)

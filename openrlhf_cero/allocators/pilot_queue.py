@@ -51,7 +51,7 @@ class DeferredQueue:
 
     def mark_out(self, prompt_ids: Iterable[int]) -> None:
         """These prompts are being piloted now: no longer waiting, count kept until the verdict."""
-        for pid in prompt_ids:
+        for pid in self._entries.keys() & set(prompt_ids):
             entry = self._entries.get(pid)
             if entry is not None:
                 entry.due = None
@@ -64,6 +64,10 @@ class DeferredQueue:
 
     def forget(self, prompt_id: int) -> None:
         self._entries.pop(prompt_id, None)
+
+    def forget_all(self, prompt_ids: list[int]) -> None:
+        for pid in self._entries.keys() & set(prompt_ids):
+            del self._entries[pid]
 
     def take_due(self, now: int, limit: int) -> list[int]:
         """Up to ``limit`` waiting prompts due by cycle ``now``, earliest first; they become out."""

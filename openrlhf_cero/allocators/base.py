@@ -273,22 +273,41 @@ class RolloutAllocator(ABC):
 
     def to_scores(self, prompt_ids: np.ndarray, rewards: Sequence[Sequence[float]]) -> list[np.ndarray]:
         """Rewards as success scores in [0, 1]: binary and fractional rewards as they are,
-        others thresholded by ``reward_threshold``; NaN is an error naming the prompt."""
+        others thresholded by ``reward_threshold``; NaN is an error naming the prompt.
+
+        Checked on one flat array rather than prompt by prompt: a step has thousands of
+        prompts and a Python loop of numpy calls over them costs milliseconds."""
         if len(rewards) != prompt_ids.size:
             raise AllocatorError(f"got rewards for {len(rewards)} prompts, expected {prompt_ids.size}")
-        scores = []
-        for pid, r in zip(prompt_ids, rewards):
-            r = np.asarray(r, dtype=np.float64).reshape(-1)
-            if np.isnan(r).any():
-                raise AllocatorError(f"reward is NaN for prompt {int(pid)}; check the reward function")
-            if self.reward_threshold is not None:
-                r = (r > self.reward_threshold).astype(np.float64)
-            elif r.size and (r.min() < 0.0 or r.max() > 1.0):
-                raise AllocatorError(
-                    f"reward {r[(r < 0) | (r > 1)][0]:g} for prompt {int(pid)} lies outside [0, 1]; set "
-                    "--allocator.reward_threshold T to count rewards > T as successes"
-                )
-            scores.append(r)
+        scores = [np.asarray(r, dtype=np.float64).reshape(-1) for r in rewards]
+        if not scores:
+            return scores
+        flat = np.concatenate(scores)
+        if not flat.size:
+            return scores
+        offsets = np.cumsum(np.fromiter(map(len, scores), dtype=np.int64, count=len(scores)))
+
+        def owner(position: int) -> int:
+            return int(np.searchsorted(offsets, position, side="right"))
+
+        # The first faulty prompt is reported, NaN before range when both are in one prompt.
+        nan = np.isnan(flat)
+        if self.reward_threshold is None:
+            out_of_range = (flat < 0.0) | (flat > 1.0)
+        else:
+            out_of_range = np.zeros(0, dtype=bool)
+        nan_prompt = owner(int(nan.argmax())) if nan.any() else len(scores)
+        range_prompt = owner(int(out_of_range.argmax())) if out_of_range.any() else len(scores)
+        if nan_prompt < len(scores) and nan_prompt <= range_prompt:
+            raise AllocatorError(f"reward is NaN for prompt {int(prompt_ids[nan_prompt])}; check the reward function")
+        if range_prompt < len(scores):
+            value = flat[int(out_of_range.argmax())]
+            raise AllocatorError(
+                f"reward {value:g} for prompt {int(prompt_ids[range_prompt])} lies outside [0, 1]; set "
+                "--allocator.reward_threshold T to count rewards > T as successes"
+            )
+        if self.reward_threshold is not None:
+            return np.split((flat > self.reward_threshold).astype(np.float64), offsets[:-1])
         return scores
 
     # ── internals ──
@@ -305,11 +324,13 @@ class RolloutAllocator(ABC):
         exactly as many rewards as rollouts were asked for it."""
         self._require_open_cycle(ids)
         scores = self.to_scores(ids, rewards)
-        for i, s in enumerate(scores):
-            if s.size != self._drawn[i]:
-                raise AllocatorError(
-                    f"prompt {int(ids[i])} has {s.size} rewards but {int(self._drawn[i])} rollouts were planned for it"
-                )
+        sizes = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+        wrong = np.flatnonzero(sizes != self._drawn)
+        if wrong.size:
+            i = int(wrong[0])
+            raise AllocatorError(
+                f"prompt {int(ids[i])} has {sizes[i]} rewards but {int(self._drawn[i])} rollouts were planned for it"
+            )
         return scores
 
     def _check_counts(self, ids: np.ndarray, counts: np.ndarray, where: str) -> None:
@@ -331,8 +352,7 @@ class _StepFigures:
     def add(self, scores: list[np.ndarray] | None, sizes: np.ndarray, keep: np.ndarray) -> None:
         self.kept_sizes.append(sizes[keep])
         if scores is not None:
-            zero_variance = np.fromiter((s.size > 0 and s.min() == s.max() for s in scores), bool, len(scores))
-            self.kept_zero_variance.append(zero_variance[keep])
+            self.kept_zero_variance.append(_zero_variance(scores)[keep])
         self.drawn += int(sizes.sum())
         self.offered += sizes.size
 
@@ -353,3 +373,15 @@ class _StepFigures:
             zero_variance = np.concatenate(self.kept_zero_variance)
             figures["zero_variance_share"] = float(zero_variance.mean()) if zero_variance.size else 0.0
         return figures
+
+
+def _zero_variance(scores: list[np.ndarray]) -> np.ndarray:
+    """Per prompt: drawn at least once and every score equal (a group without gradient)."""
+    sizes = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+    flagged = np.zeros(sizes.size, dtype=bool)
+    drawn = np.flatnonzero(sizes > 0)
+    if drawn.size:
+        flat = np.concatenate(scores)
+        starts = (np.cumsum(sizes) - sizes)[drawn]
+        flagged[drawn] = np.minimum.reduceat(flat, starts) == np.maximum.reduceat(flat, starts)
+    return flagged

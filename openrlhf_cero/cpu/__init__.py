@@ -1,5 +1,151 @@
-"""PLACEHOLDER until the CPU-mode module lands."""
+"""CPU mode: run the real OpenRLHF 0.11.2 trainer (Ray, DeepSpeed, rollout actors) without a GPU.
+
+Three pieces, all no-ops on a machine with CUDA:
+
+* a stand-in ``vllm`` package (``vllm_standin/vllm``), generation through transformers;
+* shims for the ``torch.cuda`` calls OpenRLHF makes unconditionally (:mod:`.shims`);
+* Ray settings (:func:`ray_init_kwargs`) that give the placement groups logical GPUs
+  and run :func:`install` in every Ray worker before it imports OpenRLHF.
+
+Typical driver::
+
+    from openrlhf_cero import cpu
+    if cpu.cpu_mode_requested():
+        cpu.install()
+        ray.init(**cpu.ray_init_kwargs())
+    runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
+
+What is stood in, and what CPU mode cannot catch, is in docs/cpu.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
 import os
-def cpu_mode_requested(): return os.environ.get("OPENRLHF_CERO_CPU") == "1"
-def install(): pass
-def ray_init_kwargs(): return {}
+import sys
+import types
+from typing import Any
+
+from openrlhf_cero.cpu.paths import PACKAGE_PARENT_DIR, VLLM_STANDIN_DIR, torch_extensions_dir
+
+__all__ = ["cpu_mode_requested", "install", "installed", "ray_init_kwargs", "setup_ray_worker"]
+
+logger = logging.getLogger(__name__)
+
+CPU_MODE_ENV = "OPENRLHF_CERO_CPU"
+
+# Logical resources for ray.init: OpenRLHF asks for {"GPU": 1, "CPU": 1} bundles per
+# actor rank, reference rank and engine; 4 covers 1 actor + 1 ref + 2 engines, or
+# 2 colocated actor/ref ranks + 2 engines. They cost nothing: Ray only counts them.
+DEFAULT_LOGICAL_GPUS = 4
+DEFAULT_LOGICAL_CPUS = 8
+
+_installed = False
+
+
+def cpu_mode_requested() -> bool:
+    return os.environ.get(CPU_MODE_ENV, "") == "1"
+
+
+def installed() -> bool:
+    return _installed
+
+
+def _put_vllm_standin_on_path() -> None:
+    if importlib.util.find_spec("vllm") is not None:
+        return  # a real vllm (or the stand-in already) is importable
+    sys.path.append(str(VLLM_STANDIN_DIR))
+    importlib.invalidate_caches()
+
+
+def _stub_flash_attn_kernels() -> None:
+    """``import flash_attn`` (done by OpenRLHF's models) needs its CUDA extension module.
+
+    The Python-only flash-attn install has no ``flash_attn_2_cuda``; this module object
+    lets the import succeed and fails with a clear message if a kernel is ever called.
+    """
+    if "flash_attn_2_cuda" in sys.modules or importlib.util.find_spec("flash_attn_2_cuda") is not None:
+        return
+    stub = types.ModuleType("flash_attn_2_cuda", "CPU mode stand-in: flash-attn kernels are unavailable.")
+
+    def _unavailable(name: str):
+        def kernel(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError(
+                f"flash_attn_2_cuda.{name}: flash-attn CUDA kernels do not exist in CPU mode; "
+                "use --ds.attn_implementation eager or sdpa, and no --ds.packing_samples / --ds.ring_attn_size"
+            )
+
+        return kernel
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _unavailable(name)
+
+    stub.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["flash_attn_2_cuda"] = stub
+
+
+def install() -> None:
+    """Make this process able to run OpenRLHF on CPU. Idempotent; a no-op (with a warning) under CUDA."""
+    global _installed
+    if _installed:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        logger.warning("openrlhf_cero CPU mode requested but CUDA is available: not installing CPU stand-ins")
+        _installed = True
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir())
+    _put_vllm_standin_on_path()
+    _stub_flash_attn_kernels()
+    from openrlhf_cero.cpu import shims
+
+    shims.apply()
+    _installed = True
+
+
+def setup_ray_worker() -> None:
+    """Ray's ``worker_process_setup_hook``: runs in each worker before it loads any actor."""
+    if cpu_mode_requested():
+        install()
+
+
+def _worker_pythonpath() -> str:
+    existing = os.environ.get("PYTHONPATH", "")
+    parts = [str(PACKAGE_PARENT_DIR)] + [p for p in existing.split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+def ray_init_kwargs(num_gpus: int = DEFAULT_LOGICAL_GPUS, num_cpus: int = DEFAULT_LOGICAL_CPUS) -> dict[str, Any]:
+    """Keyword arguments for ``ray.init`` in CPU mode.
+
+    Keeps the env defaults OpenRLHF's ``train()`` passes to its own ``ray.init`` (which
+    it skips once Ray is up) and adds what the workers need for CPU mode.
+    """
+    # Read by Ray when the driver starts the cluster: keeps its listeners on 127.0.0.1.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    env_vars = {
+        # OpenRLHF's own defaults (cli/train_ppo_ray.py::train).
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "true"),
+        "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN"),
+        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": os.environ.get("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", "1"),
+        # CPU mode.
+        CPU_MODE_ENV: "1",
+        "DS_ACCELERATOR": "cpu",
+        "TORCH_EXTENSIONS_DIR": torch_extensions_dir(),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
+        "PYTHONPATH": _worker_pythonpath(),
+    }
+    return {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "include_dashboard": False,
+        "runtime_env": {
+            "env_vars": env_vars,
+            "worker_process_setup_hook": "openrlhf_cero.cpu.setup_ray_worker",
+        },
+    }

@@ -1,0 +1,1 @@
+"""Weight-sync plumbing: a store-based process group and a gloo "NCCL" communicator."""

@@ -5,7 +5,13 @@ setup(
     version="0.1.0",
     description="Per-prompt rollout allocation (CERO, VIP, Pilot-Commit) for OpenRLHF",
     packages=find_packages(include=["openrlhf_cero", "openrlhf_cero.*"]),
-    package_data={"openrlhf_cero.cpu": ["vllm_standin/vllm/*.py"]},
+    package_data={
+        "openrlhf_cero.cpu": [
+            "vllm_standin/vllm/*.py",
+            "vllm_standin/vllm/distributed/*.py",
+            "vllm_standin/vllm/distributed/device_communicators/*.py",
+        ]
+    },
     python_requires=">=3.10",
     install_requires=[
         "numpy>=1.24",

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from openrlhf_cero.allocators.base import AllocatorError
 from openrlhf_cero.allocators.pilot_commit import (
     IN_BAND,
-    SOLVED,
     TOO_EASY,
     TOO_HARD,
     PilotCommitAllocator,
@@ -78,7 +77,7 @@ def test_default_pilot_is_a_quarter_of_the_group_but_at_least_four(n):
         ({"n_pilot": -1}, "n_pilot"),
         ({"band_low": 0.8, "band_high": 0.5}, "band_low"),
         ({"band_high": 1.2}, "band_high"),
-        ({"eviction_threshold": 0.7}, "eviction_threshold"),
+        ({"eviction_threshold": -1}, "eviction_threshold"),
         ({"pool_factor": 0.5}, "pool_factor"),
         ({"pool_factor": float("inf")}, "pool_factor"),
         ({"max_rounds": 0}, "max_rounds"),
@@ -95,15 +94,14 @@ def test_bad_options_name_the_flag(options, flag):
 # ── the band ──
 
 
-def test_band_is_closed_eviction_wins_and_float_noise_is_tolerated():
-    means = np.array([0.0, 0.125, 0.5, 0.75, 0.875, 1.0, 0.1 + 0.2 + 0.45 - 0.0])
-    verdicts = classify_pilots(means, 0.125, 0.75, 1.0)
-    assert verdicts.tolist() == [TOO_HARD, IN_BAND, IN_BAND, IN_BAND, TOO_EASY, SOLVED, IN_BAND]
-    assert classify_pilots(np.array([1.0]), 0.125, 0.75, 1.5).tolist() == [TOO_EASY]
+def test_band_is_closed_and_float_noise_is_tolerated():
+    means = np.array([0.0, 0.125, 0.5, 0.75, 0.875, 1.0, 0.1 + 0.2 + 0.45, 0.1 + 0.025])
+    verdicts = classify_pilots(means, 0.125, 0.75)
+    assert verdicts.tolist() == [TOO_HARD, IN_BAND, IN_BAND, IN_BAND, TOO_EASY, TOO_EASY, IN_BAND, IN_BAND]
 
 
 def test_commit_exactly_the_prompts_whose_pilot_mean_lies_in_the_band():
-    alloc = make()
+    alloc = make(eviction_threshold=N_PILOT)  # one all-correct pilot evicts
     successes = list(range(N_PILOT + 1))  # pilot means 0, 1/8, ..., 1
     ids = np.arange(100, 100 + len(successes))
     planned, commit, keep = run_cycle(alloc, ids, successes, budget=N * len(ids))
@@ -166,7 +164,7 @@ def test_adaptive_pool_grows_with_a_low_in_band_share_and_is_capped():
 
 
 def test_solved_prompts_are_evicted_and_get_no_rollouts_later():
-    alloc = make()
+    alloc = make(eviction_threshold=N_PILOT)
     run_cycle(alloc, [1, 2, 3], [8, 4, 0], budget=3 * N)
     assert alloc.is_evicted(np.array([1, 2, 3], dtype=np.uint64)).tolist() == [True, False, False]
     planned, _, keep = run_cycle(alloc, [3, 1, 2], [4, 4, 4], budget=3 * N)
@@ -176,12 +174,26 @@ def test_solved_prompts_are_evicted_and_get_no_rollouts_later():
     assert m["pilot_skipped_evicted"] == 1 and m["evicted_prompts"] == 1
 
 
-@pytest.mark.parametrize("threshold, evicted", [(1.0, [False, True]), (0.85, [True, True]), (1.01, [False, False])])
-def test_eviction_threshold(threshold, evicted):
+@pytest.mark.parametrize(
+    "threshold, visits, evicted_after",
+    [
+        (16, [8, 8, 8], 2),  # the default: two all-correct pilots of 8 in a row
+        (16, [8, 7, 8, 8], 4),  # a failure restarts the count
+        (8, [7, 8], 2),
+        (24, [8, 8, 8], 3),
+        (9, [8, 8], 2),
+        (0, [8, 8, 8, 8, 8], None),  # never
+    ],
+)
+def test_eviction_after_threshold_correct_pilot_rollouts_in_a_row(threshold, visits, evicted_after):
     alloc = make(eviction_threshold=threshold)
-    _, _, keep = run_cycle(alloc, [1, 2], [7, 8], budget=2 * N)
-    assert alloc.is_evicted(np.array([1, 2], dtype=np.uint64)).tolist() == evicted
-    assert not keep.any()  # 7/8 and 8/8 lie above the band either way
+    pid = np.array([1], dtype=np.uint64)
+    for visit, successes in enumerate(visits, start=1):
+        planned, _, keep = run_cycle(alloc, pid, [successes], budget=N)
+        assert not keep.any()  # 7/8 and 8/8 lie above the band
+        assert planned[0] == (0 if evicted_after is not None and visit > evicted_after else N_PILOT)
+        assert alloc.is_evicted(pid)[0] == (evicted_after is not None and visit >= evicted_after)
+    assert alloc.metrics()["pilot_newly_evicted"] == (evicted_after is not None)
 
 
 # ── deferral ──

@@ -11,9 +11,10 @@ docs/pilot_commit.md for what comes from the paper and what is ours). Per cycle 
    ``n - n_pilot`` more rollouts (pilot and commit form ONE group of n), as many prompts as
    the budget holds, in pool order; in-band prompts beyond that are surplus and wait one
    cycle in the queue. ``p < band_low``: too hard, deferred (queued, offered again after
-   ``defer_delay`` cycles through :meth:`PilotCommitAllocator.requeue`). ``p >=
-   eviction_threshold``: solved, evicted from every later epoch. Otherwise too easy: skipped
-   this time only.
+   ``defer_delay`` cycles through :meth:`PilotCommitAllocator.requeue`). ``p > band_high``:
+   too easy, skipped this time; and once a prompt has been solved in ``eviction_threshold``
+   pilot rollouts in a row (one all-correct pilot of 16 in the paper; several visits with
+   a smaller pilot), it is evicted from every later epoch.
 3. ``finish``: the committed groups train; the evicted set, the queue and the counters
    are updated. The pilot rollouts of skipped prompts are drawn but not trained; they
    count in ``rollouts_drawn`` (the cost the paper compares).
@@ -39,7 +40,7 @@ NOT_PILOTED = -1  # evicted earlier, a duplicate in the pool, or no budget for a
 IN_BAND = 0
 TOO_EASY = 1
 TOO_HARD = 2
-SOLVED = 3  # pilot mean at or above the eviction threshold: evicted
+SOLVED = 3  # all-correct pilots reached the eviction threshold: evicted
 
 # Share of a pool that re-offered (queued) prompts may take, so fresh data keeps flowing.
 REQUEUE_SHARE = 0.5
@@ -55,14 +56,11 @@ _EDGE = 1e-9
 _FLAG = "--allocator.pilot_commit."
 
 
-def classify_pilots(
-    means: np.ndarray, band_low: float, band_high: float, eviction_threshold: float
-) -> np.ndarray:
+def classify_pilots(means: np.ndarray, band_low: float, band_high: float) -> np.ndarray:
     """Verdict per pilot mean; the band is closed on both sides, as in the paper."""
     verdicts = np.full(means.shape, IN_BAND, dtype=np.int8)
     verdicts[means > band_high + _EDGE] = TOO_EASY
     verdicts[means < band_low - _EDGE] = TOO_HARD
-    verdicts[means >= eviction_threshold - _EDGE] = SOLVED
     return verdicts
 
 
@@ -78,8 +76,9 @@ class PilotCommitAllocator(RolloutAllocator):
                    "when adaptive_pool is on)"),
         OptionSpec("adaptive_pool", bool, True, "grow the pool to 1 / (recent in-band share) groups when that "
                    "exceeds pool_factor (at most 8x), so a step rarely needs many cycles"),
-        OptionSpec("eviction_threshold", float, 1.0, "evict a prompt from later epochs when its pilot mean reaches "
-                   "this (1.0: every pilot rollout correct; above 1: never evict)"),
+        OptionSpec("eviction_threshold", int, 16, "evict a prompt from later epochs once this many of its pilot "
+                   "rollouts in a row (over one or more visits) were all correct; 16 = the paper's one all-correct "
+                   "pilot of 16; 0 = never evict"),
         OptionSpec("max_rounds", int, 16, "pilot/commit cycles per training step before giving up with an error"),
         OptionSpec("defer_delay", int, 4, "cycles a too-hard prompt waits before it is offered again"),
         OptionSpec("max_defers", int, 2, "times in a row a prompt is deferred before it waits for the next epoch"),
@@ -93,7 +92,7 @@ class PilotCommitAllocator(RolloutAllocator):
         band_high: float = 0.75,
         pool_factor: float = 2.0,
         adaptive_pool: bool = True,
-        eviction_threshold: float = 1.0,
+        eviction_threshold: int = 16,
         max_rounds: int = 16,
         defer_delay: int = 4,
         max_defers: int = 2,
@@ -106,7 +105,7 @@ class PilotCommitAllocator(RolloutAllocator):
         self.band_high = float(band_high)
         self.pool_factor = float(pool_factor)
         self.adaptive_pool = bool(adaptive_pool)
-        self.eviction_threshold = float(eviction_threshold)
+        self.eviction_threshold = int(eviction_threshold)
         self.max_rounds = int(max_rounds)
         self.defer_delay = int(defer_delay)
         self.max_defers = int(max_defers)
@@ -119,6 +118,7 @@ class PilotCommitAllocator(RolloutAllocator):
         )
         self._evicted = np.zeros(0, dtype=np.uint64)  # sorted
         self._queue = DeferredQueue()
+        self._streak: dict[int, int] = {}  # prompt id -> correct pilot rollouts in a row (only while > 0)
         self._totals = _Counts()
         self._step_counts = _Counts()
         self._yield = (0.0, 0.0)  # decayed (prompts offered, prompts in band) over recent cycles
@@ -150,6 +150,7 @@ class PilotCommitAllocator(RolloutAllocator):
 
     def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
         self._reset_cycle(prompt_ids.size)
+        self._ids = prompt_ids
         self._slots = budget // self.n_samples_per_prompt
         self._queue.mark_out(prompt_ids.tolist())
         first = np.zeros(prompt_ids.size, dtype=bool)
@@ -180,10 +181,21 @@ class PilotCommitAllocator(RolloutAllocator):
         # Called after the pilot round only: piloted prompts hold n_pilot scores, the rest none.
         flat = np.concatenate(scores) if scores else np.zeros(0)
         means = flat.reshape(piloted.size, self.n_pilot).mean(axis=1)
-        self._verdicts[piloted] = classify_pilots(means, self.band_low, self.band_high, self.eviction_threshold)
+        self._verdicts[piloted] = classify_pilots(means, self.band_low, self.band_high)
+        self._streaks[piloted] = self._correct_streaks(self._ids[piloted], means)
+        if self.eviction_threshold:
+            self._verdicts[self._streaks >= self.eviction_threshold] = SOLVED
         in_band = np.flatnonzero(self._verdicts == IN_BAND)
         self._committed[in_band[: self._slots]] = True
         self._surplus[in_band[self._slots :]] = True
+
+    def _correct_streaks(self, prompt_ids: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Correct pilot rollouts in a row, this pilot included: an all-correct pilot adds
+        n_pilot to the prompt's streak, any failure resets it."""
+        streaks = np.zeros(means.size, dtype=np.int64)
+        for i in np.flatnonzero(means >= 1.0 - _EDGE).tolist():
+            streaks[i] = self._streak.get(int(prompt_ids[i]), 0) + self.n_pilot
+        return streaks
 
     def _update_memory(self, prompt_ids: np.ndarray) -> None:
         now = self.steps
@@ -194,6 +206,12 @@ class PilotCommitAllocator(RolloutAllocator):
         solved = prompt_ids[self._verdicts == SOLVED]
         if solved.size:
             self._evicted = np.union1d(self._evicted, solved)
+        piloted = self._verdicts != NOT_PILOTED
+        on_streak = piloted & (self._streaks > 0) & (self._verdicts != SOLVED)
+        for pid, streak in zip(prompt_ids[on_streak].tolist(), self._streaks[on_streak].tolist()):
+            self._streak[pid] = streak
+        for pid in prompt_ids[piloted & ~on_streak].tolist():
+            self._streak.pop(pid, None)
         for pid in prompt_ids[self._verdicts == TOO_HARD].tolist():
             times = self._queue.times_deferred(pid) + 1
             if times <= self.max_defers:
@@ -222,6 +240,8 @@ class PilotCommitAllocator(RolloutAllocator):
         self._verdicts = np.full(size, NOT_PILOTED, dtype=np.int8)
         self._committed = np.zeros(size, dtype=bool)
         self._surplus = np.zeros(size, dtype=bool)
+        self._streaks = np.zeros(size, dtype=np.int64)
+        self._ids = np.zeros(size, dtype=np.uint64)
 
     def _count_cycle(self) -> None:
         v = self._verdicts
@@ -264,6 +284,7 @@ class PilotCommitAllocator(RolloutAllocator):
         return {
             "evicted": [int(pid) for pid in self._evicted],
             "queue": self._queue.state(),
+            "streaks": [[pid, streak] for pid, streak in self._streak.items()],
             "totals": dict(self._totals.values),
             "yield": list(self._yield),
         }
@@ -271,6 +292,7 @@ class PilotCommitAllocator(RolloutAllocator):
     def _load_state(self, state: dict[str, Any]) -> None:
         self._evicted = np.unique(np.array([int(pid) for pid in state["evicted"]], dtype=np.uint64))
         self._queue.load_state(state["queue"])
+        self._streak = {int(pid): int(streak) for pid, streak in state["streaks"]}
         self._totals = _Counts(state["totals"])
         self._yield = (float(state["yield"][0]), float(state["yield"][1]))
         self._step_counts = _Counts()
@@ -288,10 +310,10 @@ class PilotCommitAllocator(RolloutAllocator):
                 f"{_FLAG}band_low={self.band_low:g} and {_FLAG}band_high={self.band_high:g} must satisfy "
                 "0 <= band_low <= band_high <= 1"
             )
-        if self.eviction_threshold <= self.band_high:
+        if self.eviction_threshold < 0:
             raise AllocatorError(
-                f"{_FLAG}eviction_threshold={self.eviction_threshold:g} must exceed {_FLAG}band_high="
-                f"{self.band_high:g}, or prompts in the band would be evicted (use a value above 1 to never evict)"
+                f"{_FLAG}eviction_threshold={self.eviction_threshold} must be >= 0 (correct pilot rollouts in a "
+                "row before eviction; 0 never evicts)"
             )
         if not math.isfinite(self.pool_factor) or self.pool_factor < 1.0:
             raise AllocatorError(f"{_FLAG}pool_factor={self.pool_factor:g} must be a finite number >= 1")
@@ -301,7 +323,7 @@ class PilotCommitAllocator(RolloutAllocator):
         if self.max_defers < 0:
             raise AllocatorError(f"{_FLAG}max_defers={self.max_defers} must be >= 0 (0: never re-offer)")
         means = np.arange(self.n_pilot + 1) / self.n_pilot
-        if not (classify_pilots(means, self.band_low, self.band_high, self.eviction_threshold) == IN_BAND).any():
+        if not (classify_pilots(means, self.band_low, self.band_high) == IN_BAND).any():
             raise AllocatorError(
                 f"no pilot outcome k/{self.n_pilot} lies in the band [{self.band_low:g}, {self.band_high:g}], so no "
                 f"prompt could ever be committed; raise {_FLAG}n_pilot or widen {_FLAG}band_low/band_high"

@@ -67,7 +67,7 @@ class CeroAllocator(RolloutAllocator):
         OptionSpec(
             "budget_dual_step",
             float,
-            0.5,
+            2.0,
             "global mode: step size of the budget dual's online gradient descent (divided by sqrt(global_steps))",
         ),
         OptionSpec(
@@ -97,7 +97,7 @@ class CeroAllocator(RolloutAllocator):
         saturation_scale: float = 16.0,
         utility: str = "exp",
         prompt_dual_step: float = 1.0,
-        budget_dual_step: float = 0.5,
+        budget_dual_step: float = 2.0,
         budget_mode: str = "step",
         global_budget: int = 0,
         global_steps: int = 0,
@@ -157,7 +157,7 @@ class CeroAllocator(RolloutAllocator):
             total = budget
         else:
             log_dual, total = self._pace(batch, prompt_ids.size, budget)
-        counts = round_to_total(batch.clipped(log_dual), total, self.min_samples, self.max_samples, prompt_ids)
+        counts = round_to_total(batch.clipped(log_dual), total, self.min_samples, self.max_samples)
         cols = self.table.columns
         values = beta_value(cols["alpha"][rows], cols["beta"][rows])
         self._figures.add_plan(log_dual, values, counts, self.min_samples, self.max_samples)
@@ -165,8 +165,8 @@ class CeroAllocator(RolloutAllocator):
 
     def _pace(self, batch: "_Batch", size: int, budget: int) -> tuple[float, int]:
         """Global mode: this step's log dual and total. The OGD iterate sets the spend; a
-        spend outside [floor, ceiling] is clamped for this step only; the last paced step
-        spends exactly what is left."""
+        spend outside [floor, ceiling], or one that would leave the rest of the run unable
+        to meet the budget, is clamped for this step only."""
         ceiling = min(int(budget), size * self.max_samples)
         floor = max(math.ceil(self.step_floor * budget), size * self.min_samples)
         if floor > ceiling:
@@ -179,24 +179,25 @@ class CeroAllocator(RolloutAllocator):
         steps_left = self.global_steps - self.global_plans
         budget_left = self.global_budget - self.global_spent
         self.global_plans += 1
-        if steps_left <= 0 or budget_left <= floor:  # the paced horizon is over: spend the floor
-            total = floor
-            log_dual = batch.solve(total)
-        elif steps_left == 1:
-            total = min(max(budget_left, floor), ceiling)
-            log_dual = batch.solve(total)
-        else:
-            target = budget_left / steps_left
-            if self.log_budget_dual is None:  # first step: start at the dual that meets the pace
-                self.log_budget_dual = batch.solve(min(max(target, floor), ceiling))
-            log_dual = self.log_budget_dual
-            spend = batch.total(log_dual)
-            if not floor <= spend <= ceiling:
-                log_dual = batch.solve(min(max(spend, floor), ceiling))
-            total = min(max(int(round(batch.total(log_dual))), floor), ceiling)
-            # Projected OGD on log lambda: the dual function's gradient is (target - spend).
-            eta = self.budget_dual_step / math.sqrt(self.global_steps)
-            self.log_budget_dual = min(self.log_budget_dual + eta * (spend - target) / target, LOG_DUAL_MAX)
+        if steps_left <= 0:  # the paced horizon is over: spend the floor
+            log_dual = batch.solve(floor)
+            self.global_spent += floor
+            return log_dual, floor
+        # Keep the rest of the run able to meet the budget (later steps assumed alike);
+        # on the last paced step this leaves exactly what is left.
+        low = min(max(floor, budget_left - (steps_left - 1) * ceiling), ceiling)
+        high = max(min(ceiling, budget_left - (steps_left - 1) * floor), floor)
+        target = min(max(budget_left / steps_left, low), high)
+        if self.log_budget_dual is None:  # first step: start at the dual that meets the pace
+            self.log_budget_dual = batch.solve(target)
+        log_dual = self.log_budget_dual
+        spend = batch.total(log_dual)
+        if not low <= spend <= high:
+            log_dual = batch.solve(min(max(spend, low), high))
+        total = min(max(int(round(batch.total(log_dual))), low), high)
+        # Projected OGD on log lambda: the dual function's gradient is (target - spend).
+        eta = self.budget_dual_step / math.sqrt(self.global_steps)
+        self.log_budget_dual = min(self.log_budget_dual + eta * (spend - target) / target, LOG_DUAL_MAX)
         self.global_spent += total
         return log_dual, total
 

@@ -62,16 +62,29 @@ class ScriptedData:
         return results
 
 
-def requeueing(alloc, data: ScriptedData):
-    """take_prompts of a caller that supports deferral: queued prompts first, looked up by
-    id (as the generator does through its dataset index), then fresh ones."""
+class RequeueingCaller:
+    """take_prompts of a caller that supports deferral: queued prompts first, then fresh
+    ones. It keeps the texts of prompts the allocator may still hand back (pruned with
+    ``queued_ids``); after a restart it has none and resolves ids through the dataset
+    index (``data.by_id``), as the generator would by hashing its prompt dataset."""
 
-    def take(k: int):
-        again = alloc.requeue(k)
-        fresh_ids, fresh = data.take(k - again.size)
-        return np.concatenate([again, fresh_ids]), [data.by_id[int(pid)] for pid in again] + fresh
+    def __init__(self, alloc, data: ScriptedData) -> None:
+        self.alloc, self.data = alloc, data
+        self.kept: dict[int, str] = {}
+        self.from_index = 0
 
-    return take
+    def take(self, k: int):
+        again = self.alloc.requeue(k)
+        handles = []
+        for pid in again.tolist():
+            if pid not in self.kept:
+                self.from_index += 1
+            handles.append(self.kept.get(pid) or self.data.by_id[pid])
+        fresh_ids, fresh = self.data.take(k - again.size)
+        queued = set(self.alloc.queued_ids().tolist())
+        self.kept = {pid: name for pid, name in self.kept.items() if pid in queued}
+        self.kept.update((int(pid), name) for pid, name in zip(fresh_ids, fresh))
+        return np.concatenate([again, fresh_ids]), handles + fresh
 
 
 def make(**options):
@@ -115,8 +128,9 @@ def test_every_step_trains_the_same_number_of_samples_and_every_rollout_is_accou
     alloc = make(adaptive_pool=adaptive_pool, defer_delay=2, max_rounds=64)
     budget = 6 * N
     drawn = trained = 0
+    caller = RequeueingCaller(alloc, data)
     for step in range(40):
-        out = run_step(alloc, budget, requeueing(alloc, data), data.draw)
+        out = run_step(alloc, budget, caller.take, data.draw)
         m = alloc.metrics()
         assert out.rollouts_trained == budget == m["rollouts_trained"]
         assert all(len(g.samples) == N for g in out.groups)
@@ -131,6 +145,7 @@ def test_every_step_trains_the_same_number_of_samples_and_every_rollout_is_accou
     assert alloc.rollouts_drawn_total == drawn
     assert m["rollouts_drawn_total"] == drawn
     assert m["pilot_rollouts_skipped_total"] == drawn - trained > 0
+    assert caller.from_index == 0  # every re-offered prompt's text was still kept
 
 
 def test_prompts_solved_in_every_pilot_rollout_are_evicted_from_later_epochs():
@@ -153,8 +168,9 @@ def test_a_too_hard_prompt_is_re_offered_within_the_epoch_through_requeue():
     data = ScriptedData(script)
     alloc = make(pool_factor=1.0, defer_delay=2)
     trained = []
+    caller = RequeueingCaller(alloc, data)
     for _ in range(4):
-        out = run_step(alloc, N, requeueing(alloc, data), data.draw)
+        out = run_step(alloc, N, caller.take, data.draw)
         trained.append([g.handle for g in out.groups])
     # step 1: "hard" is deferred at cycle 0, "b0" fills; step 2 (cycle 2): "hard" is due again, now in band
     assert trained == [["b0"], ["hard"], ["b1"], ["b2"]]
@@ -191,8 +207,9 @@ def test_resume_from_a_checkpoint_repeats_every_decision():
     data = ScriptedData(script, epochs=20)
     options = dict(adaptive_pool=True, defer_delay=2, max_rounds=64)
     alloc = make(**options)
+    caller = RequeueingCaller(alloc, data)
     for _ in range(25):
-        run_step(alloc, 4 * N, requeueing(alloc, data), data.draw)
+        run_step(alloc, 4 * N, caller.take, data.draw)
     alloc.metrics()  # step figures are logged, not checkpointed
     state = alloc.state_dict()["state"]
     assert state["evicted"] and state["streaks"] and state["queue"]["entries"]
@@ -202,11 +219,13 @@ def test_resume_from_a_checkpoint_repeats_every_decision():
     resumed = make(**options)
     resumed.load_state_dict(checkpoint)
     data_resumed = data_at_checkpoint
+    caller_resumed = RequeueingCaller(resumed, data_resumed)  # a new process: no kept texts
     for _ in range(8):
-        a = run_step(alloc, 4 * N, requeueing(alloc, data), data.draw)
-        b = run_step(resumed, 4 * N, requeueing(resumed, data_resumed), data_resumed.draw)
+        a = run_step(alloc, 4 * N, caller.take, data.draw)
+        b = run_step(resumed, 4 * N, caller_resumed.take, data_resumed.draw)
         assert [g.samples for g in a.groups] == [g.samples for g in b.groups]
         assert (a.rollouts_drawn, a.prompts_consumed, a.cycles) == (b.rollouts_drawn, b.prompts_consumed, b.cycles)
         assert alloc.metrics() == resumed.metrics()
     assert data.pilots == data_resumed.pilots
+    assert caller_resumed.from_index > 0  # queued prompts of before the restart were re-offered
     assert resumed.state_dict() == alloc.state_dict()

@@ -148,6 +148,11 @@ class PilotCommitAllocator(RolloutAllocator):
         limit = math.ceil(REQUEUE_SHARE * max(int(pool_size), 0))
         return np.array(self._queue.take_due(self.steps, limit), dtype=np.uint64)
 
+    def queued_ids(self) -> np.ndarray:
+        """Every prompt the queue may still hand back (waiting or handed out awaiting its
+        verdict): a caller that keeps prompt texts for ``requeue`` can drop all others."""
+        return np.array(self._queue.ids(), dtype=np.uint64)
+
     def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
         self._reset_cycle(prompt_ids.size)
         self._ids = prompt_ids

@@ -35,6 +35,9 @@ class DeferredQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def ids(self) -> list[int]:
+        return list(self._entries)
+
     def waiting(self) -> int:
         return sum(1 for e in self._entries.values() if e.due is not None)
 

@@ -25,24 +25,22 @@ def _random_instance(rng: np.random.Generator, lo: int, max_prompts: int, max_sp
     return a, budget, hi
 
 
-def _scipy_optimum(model: VarianceModel, a: np.ndarray, budget: int, lo: int, hi: int) -> float:
+def _scipy_optimum(model: VarianceModel, a: np.ndarray, budget: int, lo: int, hi: int, start: np.ndarray) -> float:
+    """SLSQP on the same (convex) objective, from ``start``; inf if it ends infeasible."""
     f = lambda n: objective(model, a, n, envelope=True)  # noqa: E731
     grad = lambda n: -a * model.marginal_envelope(n)  # noqa: E731
-    best = np.inf
-    for start in (np.full(a.size, budget / a.size), np.clip(lo + (hi - lo) * a / a.sum() * a.size / 2, lo, hi)):
-        start = start + (budget - start.sum()) / a.size
-        res = minimize(
-            f,
-            np.clip(start, lo, hi),
-            jac=grad,
-            method="SLSQP",
-            bounds=[(lo, hi)] * a.size,
-            constraints=[{"type": "eq", "fun": lambda n: n.sum() - budget, "jac": lambda n: np.ones_like(n)}],
-            options={"ftol": 1e-15, "maxiter": 2000},
-        )
-        if abs(res.x.sum() - budget) < 1e-6 and np.all(res.x >= lo - 1e-9) and np.all(res.x <= hi + 1e-9):
-            best = min(best, res.fun)
-    return best
+    start = np.clip(start + (budget - start.sum()) / a.size, lo, hi)
+    res = minimize(
+        f,
+        start,
+        jac=grad,
+        method="SLSQP",
+        bounds=[(lo, hi)] * a.size,
+        constraints=[{"type": "eq", "fun": lambda n: n.sum() - budget, "jac": lambda n: np.ones_like(n)}],
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    feasible = abs(res.x.sum() - budget) < 1e-6 and np.all(res.x >= lo - 1e-9) and np.all(res.x <= hi + 1e-9)
+    return float(res.fun) if feasible else np.inf
 
 
 @pytest.mark.parametrize("kind,lo", [("rloo", 2), ("rloo", 3), ("grpo", 2), ("grpo", 3), ("grpo", 4)])
@@ -51,12 +49,15 @@ def test_continuous_matches_scipy_on_random_instances(kind, lo):
     rng = np.random.default_rng(1000 + lo + (kind == "grpo") * 10)
     model = VarianceModel(kind, lo)
     for _ in range(40):
-        a, budget, hi = _random_instance(rng, lo, max_prompts=40, max_span=40)
+        a, budget, hi = _random_instance(rng, lo, max_prompts=24, max_span=32)
         n = continuous_allocation(model, a, budget, lo, hi)
         assert n.sum() == pytest.approx(budget, abs=1e-8)
         assert n.min() >= lo - 1e-12 and n.max() <= hi + 1e-12
         ours = objective(model, a, n, envelope=True)
-        reference = _scipy_optimum(model, a, budget, lo, hi)
+        reference = _scipy_optimum(model, a, budget, lo, hi, np.full(a.size, budget / a.size))
+        if not abs(ours - reference) <= 1e-6 * abs(reference):  # a second start before judging
+            spread = lo + (hi - lo) * np.sqrt(a) / np.sqrt(a).max()
+            reference = min(reference, _scipy_optimum(model, a, budget, lo, hi, spread))
         assert abs(ours - reference) <= 1e-6 * abs(reference), (ours, reference)
 
 

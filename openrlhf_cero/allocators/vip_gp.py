@@ -48,10 +48,21 @@ def sigmoid(f: np.ndarray) -> np.ndarray:
 
 
 def rbf_from_unit_features(x: np.ndarray, y: np.ndarray, length_scale: float) -> np.ndarray:
-    """RBF kernel exp(-|x-y|^2 / (2 l^2)) for unit-norm rows, in x's dtype."""
+    """RBF kernel exp(-|x-y|^2 / (2 l^2)) for unit-norm rows, in x's dtype.
+
+    For unit rows the exponent is (x.y - 1) / l^2, so the kernel is
+    exp(-1/l^2) * exp((x / l^2).y): one matrix product with pre-scaled rows and one exp in
+    place (the hot path of prediction). For tiny length scales, where exp(1/l^2) would
+    overflow float32, the exponent is formed explicitly instead."""
+    inv = 1.0 / (length_scale * length_scale)
+    if inv < 60.0:
+        gram = (x * x.dtype.type(inv)) @ y.T
+        np.exp(gram, out=gram)
+        gram *= gram.dtype.type(np.exp(-inv))
+        return gram
     gram = x @ y.T
     gram -= 1.0
-    gram *= 1.0 / (length_scale * length_scale)  # -(2 - 2 x.y) / (2 l^2) = (x.y - 1) / l^2
+    gram *= inv
     np.minimum(gram, 0.0, out=gram)
     return np.exp(gram, out=gram)
 
@@ -156,9 +167,9 @@ class SequentialLogitGP:
         usable = observed & prior.has_features if features is not None else np.zeros_like(observed)
         posterior = prior.logits.copy()
         if usable.any():
-            x = features[usable].astype(np.float64)
+            x = features[usable].astype(self.dtype)
             residual = targets[usable] - prior.logits[usable]
-            gram = rbf_from_unit_features(x, x, self.length_scale)
+            gram = rbf_from_unit_features(x, x, self.length_scale).astype(np.float64)
             gram[np.diag_indices_from(gram)] += noise[usable] + JITTER
             alpha = cho_solve(cho_factor(gram, lower=True, check_finite=False), residual, check_finite=False)
             gram[np.diag_indices_from(gram)] -= noise[usable] + JITTER

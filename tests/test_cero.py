@@ -48,6 +48,7 @@ def test_posterior_and_value_match_scipy_beta():
     ids = np.arange(40, dtype=np.uint64)
     successes = np.zeros(40)
     drawn = np.zeros(40)
+    visits = np.zeros(40)
     for _ in range(5):
         counts = alloc.plan(ids, 40 * 8)
         rewards = rewards_for(counts, rng.uniform(0, 1, 40), rng)
@@ -56,6 +57,7 @@ def test_posterior_and_value_match_scipy_beta():
         alloc.finish(ids, rewards)
         successes += [r.sum() for r in rewards]
         drawn += counts
+        visits += counts > 0  # a skipped visit (0 rollouts) observes nothing
     post = alloc.posterior(ids)
     a, b = 0.7 + successes, 1.3 + drawn - successes
     np.testing.assert_allclose(post["alpha"], a, rtol=1e-6)
@@ -64,7 +66,7 @@ def test_posterior_and_value_match_scipy_beta():
     expected_v = mean - (var + mean**2)  # E[p(1-p)] = E[p] - E[p^2]
     np.testing.assert_allclose(post["value"], expected_v, rtol=1e-5)
     np.testing.assert_allclose(post["cumulative"], drawn)
-    assert (post["visits"] == 5).all()
+    np.testing.assert_array_equal(post["visits"], visits)
 
 
 def test_reward_threshold_counts_successes():
@@ -89,17 +91,20 @@ def test_reward_threshold_counts_successes():
     utility=st.sampled_from(["exp", "hyperbolic"]),
     scale=st.floats(0.5, 200),
     seed=st.integers(0, 2**31),
+    skip=st.booleans(),
 )
-def test_step_mode_spends_budget_exactly_within_bounds(size, n, spread, position, utility, scale, seed):
+def test_step_mode_spends_budget_exactly_within_bounds(size, n, spread, position, utility, scale, seed, skip):
     rng = np.random.default_rng(seed)
     low, high = max(2, n - spread[0]), n + spread[1]
     budget = int(round(size * low + position * size * (high - low)))
-    alloc = cero(n_samples_per_prompt=n, min_samples=low, max_samples=high, utility=utility, saturation_scale=scale)
+    alloc = cero(n_samples_per_prompt=n, min_samples=low, max_samples=high, utility=utility, saturation_scale=scale,
+                 skip=skip)
     ids = rng.integers(0, 2**64 - 1, size, dtype=np.uint64)
     seed_posteriors(alloc, ids, rng.uniform(0.2, 50, size), rng.uniform(0.2, 50, size), rng.integers(0, 500, size))
     counts = alloc.plan(ids, budget)
     assert counts.sum() == budget
-    assert counts.min() >= low and counts.max() <= high
+    drawn = counts[counts > 0] if skip else counts  # skip: 0 means "not this visit"
+    assert drawn.min() >= low and drawn.max() <= high
 
 
 def test_step_mode_counts_are_the_rounded_water_filling():
@@ -112,7 +117,7 @@ def test_step_mode_counts_are_the_rounded_water_filling():
     rng = np.random.default_rng(3)
     for _ in range(10):
         size = 6
-        alloc = cero(min_samples=2, max_samples=20)
+        alloc = cero(min_samples=2, max_samples=20, skip=False)
         ids = np.arange(size, dtype=np.uint64) + np.uint64(100)
         alpha, beta, x0 = rng.uniform(0.5, 20, size), rng.uniform(0.5, 20, size), rng.integers(0, 40, size)
         seed_posteriors(alloc, ids, alpha, beta, x0)
@@ -149,13 +154,52 @@ def test_global_mode_meets_run_budget_and_step_bounds():
 # ── behaviour ──
 
 
+def test_skips_only_prompts_whose_first_group_is_not_worth_the_budget_dual():
+    """Against brute force over the skip sets of small batches: the chosen set's utility
+    is within one rollout's worth of the best skip set's (continuous water-filling each)."""
+    from openrlhf_cero.allocators.cero_utility import utility
+    from openrlhf_cero.allocators.waterfill import solve_log_dual
+
+    rng = np.random.default_rng(13)
+    for _ in range(40):
+        size, budget = 6, 36
+        alloc = cero(min_samples=4, max_samples=16, saturation_scale=8.0)
+        ids = np.arange(size, dtype=np.uint64)
+        alpha = np.where(rng.random(size) < 0.5, 1.0, rng.uniform(1, 20, size))
+        beta = np.where(alpha == 1.0, rng.uniform(20, 200, size), rng.uniform(1, 20, size))
+        seed_posteriors(alloc, ids, alpha, beta, rng.integers(0, 30, size).astype(float))
+        post = alloc.posterior(ids)
+        v, x0 = post["value"], post["cumulative"]
+        counts = alloc.plan(ids, budget)
+        assert counts.sum() == budget and set(counts[counts > 0]) <= set(range(4, 17))
+
+        def best_with(members):
+            theta = np.log(v[members]) - x0[members] / 8.0
+            t = solve_log_dual(lambda t: 8.0 * np.maximum(theta - t, 0), 4, 16, budget,
+                               ((theta - 2).min(), (theta - 0.5).max()))
+            n = np.clip(8.0 * (theta - t), 4, 16)
+            return (utility("exp", v[members], x0[members] + n, 8.0) - utility("exp", v[members], x0[members], 8.0)).sum()
+
+        subsets = [np.flatnonzero([(m >> i) & 1 for i in range(size)]) for m in range(1, 2**size)]
+        best = max(best_with(s) for s in subsets if 4 * s.size <= budget <= 16 * s.size)
+        ours = (utility("exp", v, x0 + counts, 8.0) - utility("exp", v, x0, 8.0)).sum()
+        one_rollout = v.max() * np.exp(-x0.min() / 8.0)
+        assert ours >= best - one_rollout
+
+
+def test_oversampling_offers_more_prompts_in_step_mode_only():
+    assert cero(prompt_oversample=1.5).prompts_wanted(512) == 96
+    assert cero().prompts_wanted(512) == 64
+    assert cero(prompt_oversample=1.5, budget_mode="global", global_budget=10, global_steps=1).prompts_wanted(512) == 64
+
+
 def test_near_certain_prompts_get_no_more_than_uniform():
     rng = np.random.default_rng(7)
     for _ in range(200):
         size = int(rng.integers(4, 64))
         alloc = cero()
         ids = np.arange(size, dtype=np.uint64)
-        m = rng.integers(8, 200, size)
+        m = rng.integers(20, 200, size)  # near 0 or 1: posterior mean below 0.05 or above 0.95
         k = rng.binomial(m, rng.uniform(0, 1, size))
         extreme = rng.random(size) < 0.4
         k[extreme & (rng.random(size) < 0.5)] = 0
@@ -229,7 +273,8 @@ def test_metrics_report_duals_values_and_shares():
     counts = alloc.plan(ids, 80)
     alloc.finish(ids, [np.ones(c) for c in counts])
     figures = alloc.metrics()
-    for name in ("budget_dual_log", "value_mean", "share_at_min", "share_at_max", "cumulative_allocation_mean"):
+    for name in ("budget_dual_log", "value_mean", "share_at_min", "share_at_max", "share_skipped",
+                 "cumulative_allocation_mean"):
         assert name in figures
     assert figures["value_mean"] == pytest.approx(1 / 6)
     assert figures["cumulative_allocation_mean"] == 8
@@ -267,6 +312,7 @@ def test_runs_in_the_shared_step_loop_with_duplicates():
         ({"budget_mode": "epoch"}, "budget_mode"),
         ({"budget_mode": "global"}, "global_budget"),
         ({"step_floor": 2.0}, "step_floor"),
+        ({"prompt_oversample": 0.5}, "prompt_oversample"),
     ],
 )
 def test_bad_options_name_the_flag(kw, flag):

@@ -30,6 +30,7 @@ from openrlhf_cero.allocators.base import AllocatorError, OptionSpec, RolloutAll
 from openrlhf_cero.allocators.cero_utility import (
     UTILITY_FORMS,
     beta_value,
+    log_entry_gain,
     log_marginal,
     log_ratio_for,
     rollouts_to_level,
@@ -41,6 +42,8 @@ from openrlhf_cero.allocators.waterfill import round_to_total, solve_log_dual
 BUDGET_MODES = ("step", "global")
 # lambda never needs to exceed the largest possible marginal utility, v <= 1/4.
 LOG_DUAL_MAX = math.log(0.25)
+# Re-solves of lambda while dropping prompts not worth a group (each one brentq root).
+_SKIP_PASSES = 4
 
 
 @register_allocator
@@ -78,6 +81,20 @@ class CeroAllocator(RolloutAllocator):
             "global_budget over global_steps, each step between the floor and the step's budget",
             BUDGET_MODES,
         ),
+        OptionSpec(
+            "skip",
+            bool,
+            True,
+            "step mode: give 0 rollouts (skip this visit) to prompts whose first min_samples rollouts are worth "
+            "less than the budget dual; their share goes to the other prompts",
+        ),
+        OptionSpec(
+            "prompt_oversample",
+            float,
+            1.0,
+            "step mode: offer this many times budget / n_samples_per_prompt prompts per step (>= 1), so that "
+            "skipped prompts are replaced by others within the same step",
+        ),
         OptionSpec("global_budget", int, 0, "global mode: total rollouts of the run (required there)"),
         OptionSpec("global_steps", int, 0, "global mode: steps the global budget is paced over (required there)"),
         OptionSpec(
@@ -102,6 +119,8 @@ class CeroAllocator(RolloutAllocator):
         global_budget: int = 0,
         global_steps: int = 0,
         step_floor: float = 0.5,
+        skip: bool = True,
+        prompt_oversample: float = 1.0,
         **settings: Any,
     ) -> None:
         super().__init__(**settings)
@@ -119,6 +138,10 @@ class CeroAllocator(RolloutAllocator):
         self.step_floor = float(step_floor)
         if not 0.0 <= self.step_floor <= 1.0:
             raise AllocatorError(f"--allocator.cero.step_floor={step_floor} must lie in [0, 1]")
+        self.skip = bool(skip)
+        self.prompt_oversample = float(prompt_oversample)
+        if not 1.0 <= self.prompt_oversample <= 16.0:
+            raise AllocatorError(f"--allocator.cero.prompt_oversample={prompt_oversample} must lie in [1, 16]")
         if self.budget_mode == "global" and (self.global_budget <= 0 or self.global_steps <= 0):
             raise AllocatorError(
                 "--allocator.cero.budget_mode global needs --allocator.cero.global_budget (total rollouts, > 0) and "
@@ -150,18 +173,60 @@ class CeroAllocator(RolloutAllocator):
             return np.zeros(0, dtype=np.int64)
         log_mu = self.table.columns["log_dual"][rows].astype(np.float64)
         cumulative = self.table.columns["cumulative"][rows].astype(np.float64)
-        batch = _Batch(self, log_mu, cumulative)
-        if self.budget_mode == "step":
-            self.check_budget(prompt_ids.size, budget)
-            log_dual = batch.solve(budget)
-            total = budget
+        if self.budget_mode == "step" and self.skip:
+            counts, log_dual = self._plan_with_skips(log_mu, cumulative, budget)
         else:
-            log_dual, total = self._pace(batch, prompt_ids.size, budget)
-        counts = round_to_total(batch.clipped(log_dual), total, self.min_samples, self.max_samples)
+            batch = _Batch(self, log_mu, cumulative)
+            if self.budget_mode == "step":
+                self.check_budget(prompt_ids.size, budget)
+                log_dual, total = batch.solve(budget), budget
+            else:
+                log_dual, total = self._pace(batch, prompt_ids.size, budget)
+            counts = round_to_total(batch.clipped(log_dual), total, self.min_samples, self.max_samples)
         cols = self.table.columns
         values = beta_value(cols["alpha"][rows], cols["beta"][rows])
         self._figures.add_plan(log_dual, values, counts, self.min_samples, self.max_samples)
         return counts
+
+    def prompts_wanted(self, budget: int) -> int:
+        if self.budget_mode == "step":
+            return math.ceil(int(budget) * self.prompt_oversample / self.n_samples_per_prompt)
+        return super().prompts_wanted(budget)
+
+    def _plan_with_skips(self, log_mu: np.ndarray, cumulative: np.ndarray, budget: int) -> tuple[np.ndarray, float]:
+        """Step mode with skips: a prompt takes part only if its first min_samples rollouts
+        are worth their price, mu_i * entry_i >= lambda. Prompts are admitted best first;
+        lambda is re-solved after dropping the unworthy, a few passes toward the fixed
+        point where every admitted prompt is worth its group. When the worthy prompts
+        cannot absorb the budget within max_samples, the best unworthy prompts fill in,
+        each held to n_samples_per_prompt."""
+        size, low, high = log_mu.size, self.min_samples, self.max_samples
+        if budget > size * high or 0 < budget < low:
+            self.check_budget(size, budget)  # raises with the flags to change
+        counts = np.zeros(size, dtype=np.int64)
+        if budget == 0:
+            return counts, LOG_DUAL_MAX
+        entry = log_mu + log_entry_gain(self.utility, low, cumulative, self.saturation_scale)
+        order = np.argsort(-entry, kind="stable")
+        most = min(size, budget // low)  # more admitted prompts could not all get min_samples
+        admitted, caps = order[:most], np.full(most, high)
+        for _ in range(_SKIP_PASSES):
+            batch = _Batch(self, log_mu[admitted], cumulative[admitted], caps)
+            log_dual = batch.solve(budget)
+            worthy = int((entry[admitted] >= log_dual).sum())  # a prefix: admitted is sorted
+            if worthy == admitted.size:
+                break
+            # Fill up to the budget with the best unworthy prompts, held to n_samples_per_prompt
+            # so that skipping never piles rollouts onto prompts not worth a group.
+            fillers = max(0, -(-(budget - worthy * high) // self.n_samples_per_prompt))
+            if worthy + fillers > most:
+                break
+            admitted = order[: worthy + fillers]
+            caps = np.concatenate([np.full(worthy, high), np.full(fillers, min(high, self.n_samples_per_prompt))])
+        batch = _Batch(self, log_mu[admitted], cumulative[admitted], caps)
+        log_dual = batch.solve(budget)
+        counts[admitted] = round_to_total(batch.clipped(log_dual), budget, low, caps)
+        return counts, log_dual
 
     def _pace(self, batch: "_Batch", size: int, budget: int) -> tuple[float, int]:
         """Global mode: this step's log dual and total. The OGD iterate sets the spend; a
@@ -285,11 +350,14 @@ class CeroAllocator(RolloutAllocator):
 class _Batch:
     """One batch's continuous allocation as a function of the log budget dual."""
 
-    def __init__(self, alloc: CeroAllocator, log_mu: np.ndarray, cumulative: np.ndarray) -> None:
+    def __init__(
+        self, alloc: CeroAllocator, log_mu: np.ndarray, cumulative: np.ndarray, high: np.ndarray | None = None
+    ) -> None:
         self.form, self.scale = alloc.utility, alloc.saturation_scale
-        self.low, self.high = alloc.min_samples, alloc.max_samples
+        self.low = alloc.min_samples
+        self.high = alloc.max_samples if high is None else high
         self.log_mu, self.cumulative = log_mu, cumulative
-        # Below the first every prompt is at max_samples; above the second at min_samples.
+        # Below the first every prompt is at its upper bound; above the second at min_samples.
         self.bracket = (
             float((log_mu - log_ratio_for(self.form, self.high, cumulative, self.scale)).min()),
             float((log_mu - log_ratio_for(self.form, self.low, cumulative, self.scale)).max()),
@@ -317,6 +385,7 @@ class _CeroFigures:
         self.planned = 0
         self.at_min = 0
         self.at_max = 0
+        self.skipped = 0
         self.cumulative_sum = 0.0
         self.finished = 0
 
@@ -326,6 +395,7 @@ class _CeroFigures:
         self.planned += counts.size
         self.at_min += int((counts == low).sum())
         self.at_max += int((counts == high).sum())
+        self.skipped += int((counts == 0).sum())
 
     def add_finish(self, cumulative: np.ndarray) -> None:
         self.cumulative_sum += float(cumulative.sum())
@@ -339,6 +409,7 @@ class _CeroFigures:
             "value_mean": self.value_sum / self.planned,
             "share_at_min": self.at_min / self.planned,
             "share_at_max": self.at_max / self.planned,
+            "share_skipped": self.skipped / self.planned,
         }
         if self.finished:
             figures["cumulative_allocation_mean"] = self.cumulative_sum / self.finished

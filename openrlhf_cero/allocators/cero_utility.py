@@ -59,12 +59,24 @@ def rollouts_to_level(form: str, log_ratio: np.ndarray, cumulative: np.ndarray, 
     raise ValueError(f"unknown utility form {form!r}; choose from {UTILITY_FORMS}")
 
 
-def log_ratio_for(form: str, rollouts: float, cumulative: np.ndarray, scale: float) -> np.ndarray:
+def log_ratio_for(form: str, rollouts: float | np.ndarray, cumulative: np.ndarray, scale: float) -> np.ndarray:
     """Inverse of :func:`rollouts_to_level`: the log(mu / lambda) at which n = ``rollouts``."""
     if form == "exp":
-        return np.full(np.shape(cumulative), rollouts / scale)
+        return np.broadcast_to(np.asarray(rollouts, dtype=np.float64) / scale, np.shape(cumulative))
     if form == "hyperbolic":
         return 2.0 * np.log1p(rollouts / (scale + np.asarray(cumulative, dtype=np.float64)))
+    raise ValueError(f"unknown utility form {form!r}; choose from {UTILITY_FORMS}")
+
+
+def log_entry_gain(form: str, rollouts: float, cumulative: np.ndarray, scale: float) -> np.ndarray:
+    """log of (U(X + L) - U(X)) / (L U'(X)): the first L rollouts' mean marginal utility
+    relative to the current marginal. A prompt is worth a group of L only if its
+    mu times this factor reaches lambda."""
+    x = np.asarray(cumulative, dtype=np.float64) / scale
+    if form == "exp":
+        return np.full(x.shape, np.log(-np.expm1(-rollouts / scale) * scale / rollouts))
+    if form == "hyperbolic":
+        return np.log1p(x) - np.log1p(x + rollouts / scale)
     raise ValueError(f"unknown utility form {form!r}; choose from {UTILITY_FORMS}")
 
 

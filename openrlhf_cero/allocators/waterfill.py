@@ -18,8 +18,11 @@ from scipy.optimize import brentq
 Allocation = Callable[[float], np.ndarray]
 
 
-def solve_log_dual(allocation: Allocation, low: int, high: int, total: float, bracket: tuple[float, float]) -> float:
-    """The t at which ``sum(clip(allocation(t), low, high)) == total``.
+def solve_log_dual(
+    allocation: Allocation, low: int, high: int | np.ndarray, total: float, bracket: tuple[float, float]
+) -> float:
+    """The t at which ``sum(clip(allocation(t), low, high)) == total`` (``high`` may be
+    one bound per prompt).
 
     ``bracket = (t_all_high, t_all_low)``: at the first every prompt is at ``high``, at
     the second every prompt is at ``low``. ``total`` must lie between those sums.
@@ -36,12 +39,14 @@ def solve_log_dual(allocation: Allocation, low: int, high: int, total: float, br
     return brentq(excess, t_all_high, t_all_low, xtol=1e-9, rtol=1e-12, maxiter=200)
 
 
-def round_to_total(continuous: np.ndarray, total: int, low: int, high: int, tiebreak: np.ndarray) -> np.ndarray:
+def round_to_total(continuous: np.ndarray, total: int, low: int, high: int | np.ndarray) -> np.ndarray:
     """Integers within ``[low, high]`` summing to ``total``, each within one of ``continuous``
-    where the bounds allow (largest remainder; ties go by ``tiebreak``, ascending)."""
+    where the bounds allow (largest remainder; ties go to the earlier position). ``high``
+    may be one bound per prompt."""
     size = continuous.size
-    if not low * size <= total <= high * size:
-        raise ValueError(f"total {total} is outside [{low * size}, {high * size}] for {size} prompts")
+    most = int(np.broadcast_to(high, size).sum())
+    if not low * size <= total <= most:
+        raise ValueError(f"total {total} is outside [{low * size}, {most}] for {size} prompts")
     clipped = np.clip(continuous, low, high)
     counts = np.floor(clipped + 1e-9).astype(np.int64)
     remainder = clipped - counts
@@ -49,12 +54,12 @@ def round_to_total(continuous: np.ndarray, total: int, low: int, high: int, tieb
     while missing:
         if missing > 0:  # round up the largest remainders that have room
             room = np.flatnonzero(counts < high)
-            order = room[np.lexsort((tiebreak[room], -remainder[room]))]
+            order = room[np.argsort(-remainder[room], kind="stable")]
             chosen = order[:missing]
             counts[chosen] += 1
         else:  # round down the smallest remainders above the floor
             room = np.flatnonzero(counts > low)
-            order = room[np.lexsort((tiebreak[room], remainder[room]))]
+            order = room[np.argsort(remainder[room], kind="stable")]
             chosen = order[:-missing]
             counts[chosen] -= 1
         remainder[chosen] = 0.0

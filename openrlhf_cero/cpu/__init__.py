@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 CPU_MODE_ENV = "OPENRLHF_CERO_CPU"
 CPU_THREADS_ENV = "OPENRLHF_CERO_CPU_THREADS"
+CPU_SEED_ENV = "OPENRLHF_CERO_CPU_SEED"
+# torch's historical fixed default seed (c10 ``default_rng_seed_val``).
+DEFAULT_PROCESS_SEED = "67280421310721"
 
 # Logical resources for ray.init: OpenRLHF asks for {"GPU": 1, "CPU": 1} bundles per
 # actor rank, reference rank and engine; 4 covers 1 actor + 1 ref + 2 engines, or
@@ -125,6 +128,26 @@ def setup_ray_worker() -> None:
 
     if not torch.cuda.is_available():
         torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
+        _seed_process_rngs(int(os.environ.get(CPU_SEED_ENV, DEFAULT_PROCESS_SEED)))
+
+
+def _seed_process_rngs(seed: int) -> None:
+    """Give every worker the same starting RNG state, so CPU runs repeat.
+
+    This torch build seeds its default generator randomly at import, and OpenRLHF's
+    single controller shuffles the prompt dataloader with that generator (no
+    ``DistributedSampler`` there, no ``set_seed`` call): prompt order, and with it
+    every rollout, would change from run to run. Model actors re-seed themselves
+    with ``--train.seed`` afterwards, as they do on GPUs.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def _worker_pythonpath() -> str:
@@ -149,6 +172,7 @@ def ray_init_kwargs(num_gpus: int = DEFAULT_LOGICAL_GPUS, num_cpus: int = DEFAUL
         # CPU mode.
         CPU_MODE_ENV: "1",
         CPU_THREADS_ENV: os.environ.get(CPU_THREADS_ENV, "1"),
+        CPU_SEED_ENV: os.environ.get(CPU_SEED_ENV, DEFAULT_PROCESS_SEED),
         "DS_ACCELERATOR": "cpu",
         "TORCH_EXTENSIONS_DIR": torch_extensions_dir(),
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],

@@ -151,6 +151,25 @@ def test_global_mode_meets_run_budget_and_step_bounds():
     assert alloc.metrics()["global_budget_left"] == budget - totals.sum()
 
 
+def test_global_mode_through_the_shared_step_loop_is_not_refilled():
+    rng = np.random.default_rng(6)
+    steps, batch = 12, 16
+    alloc = cero(budget_mode="global", global_budget=steps * batch * 6, global_steps=steps, step_floor=0.25)
+    pool = np.arange(1000, dtype=np.uint64)
+    cursor = iter(range(10**6))
+
+    def take(k):
+        chosen = pool[[next(cursor) % pool.size for _ in range(k)]]
+        return chosen, list(chosen)
+
+    def draw(handles, counts):
+        return [([None] * c, (rng.random(c) < 0.3).astype(float)) for c in counts]
+
+    totals = [run_step(alloc, batch * 8, take, draw) for _ in range(steps)]
+    assert all(o.cycles == 1 for o in totals)
+    assert sum(o.rollouts_trained for o in totals) == steps * batch * 6
+
+
 # ── behaviour ──
 
 

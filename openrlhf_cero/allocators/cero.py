@@ -188,6 +188,11 @@ class CeroAllocator(RolloutAllocator):
         self._figures.add_plan(log_dual, values, counts, self.min_samples, self.max_samples)
         return counts
 
+    @property
+    def variable_step_total(self) -> bool:
+        """Global mode paces each step's total itself: the shared step loop must not refill it."""
+        return self.budget_mode == "global"
+
     def prompts_wanted(self, budget: int) -> int:
         if self.budget_mode == "step":
             return math.ceil(int(budget) * self.prompt_oversample / self.n_samples_per_prompt)

@@ -64,6 +64,9 @@ def run_step(
 ) -> StepOutcome:
     """Fill ``budget`` trained rollouts; see the module docstring.
 
+    An allocator whose ``variable_step_total`` attribute is true decides the step's total
+    itself (at most ``budget``): one cycle, no refill.
+
     ``max_cycles`` caps the refills (default: the allocator's ``max_cycles`` attribute,
     else unlimited, as OpenRLHF's dynamic filtering is); reaching it is an error.
     """
@@ -104,6 +107,8 @@ def run_step(
             remaining -= len(group.samples)
         if outcome.exhausted:
             break
+        if getattr(allocator, "variable_step_total", False):
+            break  # the allocator paced this step's total itself (CERO's global budget mode)
     return outcome
 
 

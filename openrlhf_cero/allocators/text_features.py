@@ -39,7 +39,7 @@ class Featurizer(Protocol):
 class NgramHashFeaturizer:
     """Signed hashing of character n-grams (see module doc)."""
 
-    def __init__(self, dim: int = 256) -> None:
+    def __init__(self, dim: int = 128) -> None:
         if dim < 8:
             raise AllocatorError(f"--allocator.vip.feature_dim must be >= 8, got {dim}")
         self.dim = int(dim)

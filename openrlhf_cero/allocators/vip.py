@@ -58,7 +58,7 @@ class VipAllocator(RolloutAllocator):
                    "sentence_transformers (needs --allocator.vip.embedding_model); auto picks by embedding_model",
                    FEATURIZERS),
         OptionSpec("embedding_model", str, "", "path of a local sentence-transformers model directory (optional)"),
-        OptionSpec("feature_dim", int, 256, "dimension of the ngram_hash features, or of feature vectors given directly"),
+        OptionSpec("feature_dim", int, 128, "dimension of the ngram_hash features, or of feature vectors given directly"),
         OptionSpec("variance_model", str, "auto", "h(n) of the gradient variance: rloo = 1/(n-1), grpo = (n-1)/n^2; "
                    "auto follows --algo.advantage.estimator", VARIANCE_CHOICES),
     )
@@ -72,7 +72,7 @@ class VipAllocator(RolloutAllocator):
         noise_scale: float = 1.0,
         featurizer: str = "auto",
         embedding_model: str = "",
-        feature_dim: int = 256,
+        feature_dim: int = 128,
         variance_model: str = "auto",
         **settings: Any,
     ) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from openrlhf_cero.allocators.prompt_table import PromptTable
-from openrlhf_cero.allocators.waterfill import round_to_total, solve_log_dual
+from openrlhf_cero.allocators.waterfill import round_to_total, solve_linear_log_dual, solve_log_dual
 
 
 def test_prompt_table_matches_a_dict_through_growth_duplicates_and_reload():
@@ -61,6 +61,25 @@ def test_solve_log_dual_hits_the_total_of_a_clipped_linear_allocation():
 
         t = solve_log_dual(alloc, 2, 40, total, ((theta - 40 / scale).min(), (theta - 2 / scale).max()))
         assert np.clip(alloc(t), 2, 40).sum() == pytest.approx(total, abs=1e-6)
+
+
+def test_exact_linear_solve_agrees_with_brentq():
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        size = int(rng.integers(1, 80))
+        theta = rng.normal(0, 2, size)
+        scale = rng.uniform(0.5, 40)
+        high = rng.integers(2, 40, size) if rng.random() < 0.5 else 40
+        total = rng.uniform(2 * size, np.broadcast_to(high, size).sum())
+
+        def alloc(t):
+            return scale * (theta - t)
+
+        exact = solve_linear_log_dual(theta, scale, 2, high, total)
+        assert np.clip(alloc(exact), 2, high).sum() == pytest.approx(total, abs=1e-6)
+        bracket = ((theta - np.asarray(high) / scale).min(), (theta - 2 / scale).max())
+        root = solve_log_dual(alloc, 2, high, total, bracket)
+        np.testing.assert_allclose(np.clip(alloc(exact), 2, high), np.clip(alloc(root), 2, high), atol=1e-6)
 
 
 def test_round_to_total_is_exact_bounded_and_closest_to_brute_force():

@@ -37,7 +37,7 @@ from openrlhf_cero.allocators.cero_utility import (
 )
 from openrlhf_cero.allocators.prompt_table import PromptTable
 from openrlhf_cero.allocators.registry import register_allocator
-from openrlhf_cero.allocators.waterfill import round_to_total, solve_log_dual
+from openrlhf_cero.allocators.waterfill import round_to_total, solve_linear_log_dual, solve_log_dual
 
 BUDGET_MODES = ("step", "global")
 # lambda never needs to exceed the largest possible marginal utility, v <= 1/4.
@@ -378,6 +378,8 @@ class _Batch:
         return float(self.clipped(log_dual).sum())
 
     def solve(self, total: float) -> float:
+        if self.form == "exp":
+            return solve_linear_log_dual(self.log_mu, self.scale, self.low, self.high, total)
         return solve_log_dual(self.raw, self.low, self.high, total, self.bracket)
 
 

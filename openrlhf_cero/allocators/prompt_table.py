@@ -6,8 +6,8 @@ sorted array would cost O(tracked) per insert, so the table is an open-addressin
 index (linear probing, vectorised over the batch) over densely packed rows:
 
 * ``slots`` (int32, power-of-two size, load <= 1/2) holds a row number or -1;
-* every column, the keys included, is a dense array with one entry per row, grown
-  by 1.5x, so rows never move and a row number stays valid for the table's life.
+* rows are packed records (key and every column side by side, one cache line per
+  prompt), grown by 1.5x, so a row number stays valid for the table's life.
 
 Bytes per tracked prompt = 8 (key) + the columns' item sizes, times at most 1.5 for
 row growth, plus 8-16 for the slots. Lookup and insert of a batch cost O(batch)
@@ -36,18 +36,33 @@ class PromptTable:
 
     def __init__(self, columns: dict[str, tuple[Any, float]]) -> None:
         self.spec = {name: (np.dtype(dtype), default) for name, (dtype, default) in columns.items()}
+        if "key" in self.spec:
+            raise ValueError("'key' is the prompt id's own column")
+        self.record = np.dtype([("key", np.uint64)] + [(name, dt) for name, (dt, _) in self.spec.items()])
         self.size = 0
-        self.keys = np.zeros(_MIN_ROWS, dtype=np.uint64)
-        self.columns = {name: np.full(_MIN_ROWS, default, dtype=dt) for name, (dt, default) in self.spec.items()}
+        self._allocate_rows(_MIN_ROWS)
         self._bits = _MIN_SLOTS_LOG2
         self.slots = np.full(1 << self._bits, _EMPTY, dtype=np.int32)
+
+    def _allocate_rows(self, capacity: int) -> None:
+        """One packed record per row (key and columns side by side), so that touching a
+        prompt reads one cache line rather than one per column; ``keys`` and ``columns``
+        are views of it."""
+        old = getattr(self, "rows", None)
+        self.rows = np.zeros(capacity, dtype=self.record)
+        for name, (_, default) in self.spec.items():
+            self.rows[name] = default
+        if old is not None:
+            self.rows[: old.size] = old
+        self.keys = self.rows["key"]
+        self.columns = {name: self.rows[name] for name in self.spec}
 
     def __len__(self) -> int:
         return self.size
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.slots.nbytes + sum(c.nbytes for c in self.columns.values())
+        return self.rows.nbytes + self.slots.nbytes
 
     # ── lookup and insert ──
 
@@ -99,28 +114,22 @@ class PromptTable:
         mask = self.slots.size - 1
         pending = np.arange(ids.size)
         while pending.size:
-            free = self.slots[slot] == _EMPTY
-            # Several pending ids may want the same free slot: the first of each wins.
-            candidates = np.flatnonzero(free)
-            _, winners = np.unique(slot[candidates], return_index=True)
+            free = np.flatnonzero(self.slots[slot] == _EMPTY)
+            # Several ids may want the same free slot: write them all (numpy keeps the last
+            # write of repeated indices) and read back who won.
+            self.slots[slot[free]] = rows[pending[free]]
             won = np.zeros(pending.size, dtype=bool)
-            won[candidates[winners]] = True
-            self.slots[slot[won]] = rows[pending[won]]
+            won[free] = self.slots[slot[free]] == rows[pending[free]]
             pending = pending[~won]
-            slot = slot[~won]
-            taken = self.slots[slot] != _EMPTY
-            slot = np.where(taken, (slot + 1) & mask, slot)
+            slot = (slot[~won] + 1) & mask
 
     def _home(self, ids: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
             return ((ids * _GOLDEN) >> np.uint64(64 - self._bits)).astype(np.int64)
 
     def _reserve(self, rows_needed: int) -> None:
-        if rows_needed > self.keys.size:
-            capacity = max(rows_needed, int(self.keys.size * 1.5))
-            self.keys = _grown(self.keys, capacity, 0)
-            for name, (_, default) in self.spec.items():
-                self.columns[name] = _grown(self.columns[name], capacity, default)
+        if rows_needed > self.rows.size:
+            self._allocate_rows(max(rows_needed, int(self.rows.size * 1.5)))
         if 2 * rows_needed > self.slots.size:
             bits = self._bits
             while 2 * rows_needed > (1 << bits):
@@ -153,12 +162,6 @@ class PromptTable:
         fresh.size = size
         fresh._index(keys, np.arange(size, dtype=np.int64))
         self.__dict__.update(fresh.__dict__)
-
-
-def _grown(array: np.ndarray, capacity: int, default: float) -> np.ndarray:
-    out = np.full(capacity, default, dtype=array.dtype)
-    out[: array.size] = array
-    return out
 
 
 def _encode(array: np.ndarray) -> str:

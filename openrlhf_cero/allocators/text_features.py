@@ -90,15 +90,16 @@ class SentenceTransformerFeaturizer:
             )
         try:
             from sentence_transformers import SentenceTransformer
-        except ImportError:
+        except ImportError as exc:
             raise AllocatorError(
                 "--allocator.vip.embedding_model needs the sentence-transformers package "
-                "(pip install sentence-transformers), or leave the flag out to use the built-in "
-                "--allocator.vip.featurizer ngram_hash"
+                f"(pip install sentence-transformers; import failed: {exc}), or leave the flag out to use "
+                "the built-in --allocator.vip.featurizer ngram_hash"
             ) from None
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model = SentenceTransformer(path, device="cpu")
-        dim = self.model.get_sentence_embedding_dimension()
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = dimension()
         self.dim = int(dim) if dim else int(self.model.encode(["probe"]).shape[1])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:

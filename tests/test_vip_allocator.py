@@ -205,3 +205,19 @@ def test_missing_sentence_transformers_gives_a_clear_error(tmp_path):
             SentenceTransformerFeaturizer(str(tmp_path))
     else:
         pytest.skip("sentence-transformers is installed")
+
+
+def test_duplicate_prompts_in_one_batch():
+    """OpenRLHF datasets can hold the same prompt twice; the GP update must stay solvable."""
+    texts, ids, rates = _dataset(8)
+    batch_ids = np.concatenate([ids, ids])
+    batch_texts = texts + texts
+    for noise_scale in (1.0, 0.0):
+        alloc = _vip(noise_scale=noise_scale)
+        for _ in range(3):
+            alloc.observe_prompts(batch_ids, batch_texts)
+            counts = alloc.plan(batch_ids, 16 * 8)
+            assert counts.sum() == 128
+            rewards = [np.r_[np.ones(c // 2), np.zeros(c - c // 2)] for c in counts]
+            alloc.finish(batch_ids, rewards)
+        assert np.all(np.isfinite(alloc.gp.win_alpha))

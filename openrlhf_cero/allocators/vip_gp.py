@@ -187,7 +187,7 @@ class SequentialLogitGP:
             gram[np.diag_indices_from(gram)] += diagonal.astype(solve_dtype)
             factor = cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
             alpha = cho_solve(factor, residual.astype(solve_dtype), check_finite=False).astype(np.float64)
-            posterior[usable] += kernel.astype(np.float64) @ alpha
+            posterior[usable] += kernel @ alpha.astype(kernel.dtype)
             self._append_window(features[usable].astype(self.dtype), alpha, step)
         # Prompts without features: a scalar Kalman step of their own anchor (unit prior variance).
         lone = observed & ~usable

@@ -46,7 +46,7 @@ def run(steps: int, pool: int, seed: int) -> tuple[float, float]:
     budget = steps * BATCH * N_SAMPLES
     alloc = create_allocator(
         "cero", n_samples_per_prompt=N_SAMPLES, min_samples=LOW, max_samples=HIGH, seed=seed,
-        saturation_scale=SCALE, budget_mode="global", global_budget=budget, global_steps=steps,
+        saturation_scale=SCALE, utility="exp", budget_mode="global", global_budget=budget, global_steps=steps,
         step_floor=LOW / HIGH,
     )
     ids = np.arange(pool, dtype=np.uint64) + np.uint64(1)

@@ -117,7 +117,7 @@ def test_step_mode_counts_are_the_rounded_water_filling():
     rng = np.random.default_rng(3)
     for _ in range(10):
         size = 6
-        alloc = cero(min_samples=2, max_samples=20, skip=False)
+        alloc = cero(min_samples=2, max_samples=20, skip=False, utility="exp", saturation_scale=16.0)
         ids = np.arange(size, dtype=np.uint64) + np.uint64(100)
         alpha, beta, x0 = rng.uniform(0.5, 20, size), rng.uniform(0.5, 20, size), rng.integers(0, 40, size)
         seed_posteriors(alloc, ids, alpha, beta, x0)
@@ -182,7 +182,7 @@ def test_skips_only_prompts_whose_first_group_is_not_worth_the_budget_dual():
     rng = np.random.default_rng(13)
     for _ in range(40):
         size, budget = 6, 36
-        alloc = cero(min_samples=4, max_samples=16, saturation_scale=8.0)
+        alloc = cero(min_samples=4, max_samples=16, saturation_scale=8.0, utility="exp")
         ids = np.arange(size, dtype=np.uint64)
         alpha = np.where(rng.random(size) < 0.5, 1.0, rng.uniform(1, 20, size))
         beta = np.where(alpha == 1.0, rng.uniform(20, 200, size), rng.uniform(1, 20, size))

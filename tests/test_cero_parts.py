@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from openrlhf_cero.allocators.prompt_table import PromptTable
-from openrlhf_cero.allocators.waterfill import round_to_total, solve_linear_log_dual, solve_log_dual
+from openrlhf_cero.allocators.waterfill import round_to_total, solve_clipped_linear, solve_log_dual
 
 
 def test_prompt_table_matches_a_dict_through_growth_duplicates_and_reload():
@@ -63,6 +63,22 @@ def test_solve_log_dual_hits_the_total_of_a_clipped_linear_allocation():
         assert np.clip(alloc(t), 2, 40).sum() == pytest.approx(total, abs=1e-6)
 
 
+def test_exact_hyperbolic_solve_agrees_with_brentq():
+    from openrlhf_cero.allocators import create_allocator
+    from openrlhf_cero.allocators.cero import _Batch
+
+    rng = np.random.default_rng(5)
+    alloc = create_allocator("cero", n_samples_per_prompt=8, utility="hyperbolic", saturation_scale=3.0)
+    for _ in range(200):
+        size = int(rng.integers(1, 60))
+        batch = _Batch(alloc, rng.normal(-3, 2, size), rng.integers(0, 300, size).astype(float))
+        total = rng.uniform(alloc.min_samples * size, alloc.max_samples * size)
+        exact = batch.solve(total)
+        root = solve_log_dual(batch.raw, batch.low, batch.high, total, batch.bracket)
+        assert batch.total(exact) == pytest.approx(total, abs=1e-6)
+        np.testing.assert_allclose(batch.clipped(exact), batch.clipped(root), atol=1e-5)
+
+
 def test_exact_linear_solve_agrees_with_brentq():
     rng = np.random.default_rng(4)
     for _ in range(300):
@@ -75,7 +91,7 @@ def test_exact_linear_solve_agrees_with_brentq():
         def alloc(t):
             return scale * (theta - t)
 
-        exact = solve_linear_log_dual(theta, scale, 2, high, total)
+        exact = -solve_clipped_linear(np.full(size, scale), -scale * theta, 2, high, total)
         assert np.clip(alloc(exact), 2, high).sum() == pytest.approx(total, abs=1e-6)
         bracket = ((theta - np.asarray(high) / scale).min(), (theta - 2 / scale).max())
         root = solve_log_dual(alloc, 2, high, total, bracket)

@@ -37,7 +37,7 @@ from openrlhf_cero.allocators.cero_utility import (
 )
 from openrlhf_cero.allocators.prompt_table import PromptTable
 from openrlhf_cero.allocators.registry import register_allocator
-from openrlhf_cero.allocators.waterfill import round_to_total, solve_linear_log_dual, solve_log_dual
+from openrlhf_cero.allocators.waterfill import round_to_total, solve_clipped_linear, solve_log_dual
 
 BUDGET_MODES = ("step", "global")
 # lambda never needs to exceed the largest possible marginal utility, v <= 1/4.
@@ -55,11 +55,13 @@ class CeroAllocator(RolloutAllocator):
         OptionSpec(
             "saturation_scale",
             float,
-            16.0,
-            "saturation scale k of the cumulative-allocation utility, in rollouts: a prompt that got k more "
-            "rollouts in earlier epochs counts as worth exp(-1) as much now (exp form)",
+            2.0,
+            "saturation scale k of the cumulative-allocation utility, in rollouts: after X rollouts in earlier "
+            "epochs a prompt's marginal value is divided by (1 + X/k)^2 (hyperbolic) or exp(X/k) (exp)",
         ),
-        OptionSpec("utility", str, "exp", "saturating utility form of the cumulative allocation", UTILITY_FORMS),
+        OptionSpec(
+            "utility", str, "hyperbolic", "saturating utility form of the cumulative allocation", UTILITY_FORMS
+        ),
         OptionSpec(
             "prompt_dual_step",
             float,
@@ -111,8 +113,8 @@ class CeroAllocator(RolloutAllocator):
         *,
         prior_alpha: float = 1.0,
         prior_beta: float = 1.0,
-        saturation_scale: float = 16.0,
-        utility: str = "exp",
+        saturation_scale: float = 2.0,
+        utility: str = "hyperbolic",
         prompt_dual_step: float = 1.0,
         budget_dual_step: float = 2.0,
         budget_mode: str = "step",
@@ -378,8 +380,14 @@ class _Batch:
         return float(self.clipped(log_dual).sum())
 
     def solve(self, total: float) -> float:
-        if self.form == "exp":
-            return solve_linear_log_dual(self.log_mu, self.scale, self.low, self.high, total)
+        """log lambda spending ``total``, exactly: each form is linear in one variable."""
+        if self.form == "exp":  # n = k (log mu - t): linear in s = -t
+            slope = np.full(self.log_mu.size, self.scale)
+            return -solve_clipped_linear(slope, -self.scale * self.log_mu, self.low, self.high, total)
+        if self.form == "hyperbolic":  # n = (k + X)(exp((log mu - t) / 2) - 1): linear in s = exp(-t / 2)
+            base = self.scale + self.cumulative
+            s = solve_clipped_linear(base * np.exp(0.5 * self.log_mu), base, self.low, self.high, total)
+            return -2.0 * math.log(s)
         return solve_log_dual(self.raw, self.low, self.high, total, self.bracket)
 
 

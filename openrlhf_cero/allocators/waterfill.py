@@ -39,29 +39,31 @@ def solve_log_dual(
     return brentq(excess, t_all_high, t_all_low, xtol=1e-9, rtol=1e-12, maxiter=200)
 
 
-def solve_linear_log_dual(
-    log_mu: np.ndarray, scale: float, low: int, high: int | np.ndarray, total: float
+def solve_clipped_linear(
+    slope: np.ndarray, offset: np.ndarray, low: int, high: int | np.ndarray, total: float
 ) -> float:
-    """Exact t for the exp form, whose allocation ``clip(scale * (log_mu - t), low, high)``
-    is piecewise linear in t: sort the 2 x batch breakpoints, accumulate the total's
-    slope between them, and interpolate in the crossing segment. O(batch log batch),
-    no iterations; it replaces brentq where it applies (a step may re-solve several
-    times when it skips prompts)."""
-    high = np.broadcast_to(np.asarray(high, dtype=np.float64), log_mu.shape)
-    enter = log_mu - high / scale  # left of it the prompt sits at its upper bound
-    leave = log_mu - low / scale  # right of it, at low
+    """Exact s with ``sum(clip(slope * s - offset, low, high)) == total`` (slope > 0).
+
+    Both utility forms are of this kind in a suitable variable (exp: s = -log lambda;
+    hyperbolic: s = lambda^-1/2), so the total is piecewise linear in s: sort the
+    2 x batch breakpoints, accumulate the total's slope between them and interpolate in
+    the crossing segment. O(batch log batch), no iterations; a step may re-solve several
+    times when it skips prompts, which brentq made the slowest part of a step."""
+    high = np.broadcast_to(np.asarray(high, dtype=np.float64), slope.shape)
+    enter = (low + offset) / slope  # left of it the prompt sits at low
+    leave = (high + offset) / slope  # right of it, at its upper bound
     points = np.concatenate([enter, leave])
-    slope_change = np.concatenate([np.full(enter.size, -scale), np.full(leave.size, scale)])
+    slope_change = np.concatenate([slope, -slope])
     order = np.argsort(points, kind="stable")
     points, slope_change = points[order], slope_change[order]
-    slopes = np.cumsum(slope_change)[:-1]  # slope of the total between consecutive points
-    totals = float(high.sum()) + np.concatenate([[0.0], np.cumsum(slopes * np.diff(points))])
-    if total >= totals[0]:
+    slopes = np.cumsum(slope_change)[:-1]  # the total's slope between consecutive points
+    totals = low * slope.size + np.concatenate([[0.0], np.cumsum(slopes * np.diff(points))])
+    if total <= totals[0]:
         return float(points[0])
-    if total <= totals[-1]:
+    if total >= totals[-1]:
         return float(points[-1])
-    j = int(np.searchsorted(-totals, -total, side="right")) - 1  # totals[j] >= total > totals[j + 1]
-    if slopes[j] == 0.0:
+    j = int(np.searchsorted(totals, total, side="right")) - 1  # totals[j] <= total < totals[j + 1]
+    if slopes[j] <= 0.0:
         return float(points[j])
     return float(points[j] + (total - totals[j]) / slopes[j])
 

@@ -201,7 +201,8 @@ class SequentialLogitGP:
         self.win_features = np.concatenate([self.win_features, features])[-self.window :]
         self.win_alpha = np.concatenate([self.win_alpha, alpha])[-self.window :]
         self.win_update = np.concatenate([self.win_update, np.full(alpha.size, step, dtype=np.int64)])[-self.window :]
-        # Anchors older than the window lose nothing they still could use; the dict stays
+        # Points dropped here take their corrections with them: prompts not observed since
+        # fall back towards their anchor (or the prior). Anchors themselves are never dropped
         # (one entry per prompt ever seen: its carried mean).
 
     # ── state ──

@@ -83,6 +83,14 @@ class _AllocatingTrainingActor(_LogsAllocatorMetrics, ppo_trainer_async.Training
         super().__init__(*args, **kwargs)
         _install_variable_group_advantages(self)
 
+    def broadcast_to_vllm(self) -> None:
+        # Ray copies every inherited method onto the actor class and pickles the copies of
+        # a @ray.remote class's own methods by value, with a duplicate of that class in
+        # their closure; OpenRLHF's version calls zero-argument super(), which then fails
+        # for a subclass ("obj must be an instance or subtype of type"). Calling the
+        # function of the class this process imported keeps super() consistent.
+        ppo_trainer_async.TrainingActor.__ray_actor_class__.broadcast_to_vllm(self)
+
 
 AllocatingPPOTrainer = ray.remote(_AllocatingPPOTrainer)
 AllocatingGenerateSamplesActor = ray.remote(_AllocatingGenerateSamplesActor)
@@ -91,10 +99,15 @@ AllocatingTrainingActor = ray.remote(_AllocatingTrainingActor)
 
 class _AllocatingPPOTrainerAsync(ppo_trainer_async.PPOTrainerAsync.__ray_actor_class__):
     def __init__(self, *args, **kwargs) -> None:
-        # This actor's process only: OpenRLHF's constructor creates these two by name.
+        # OpenRLHF's constructor creates these two by module-global name: point the names
+        # at ours while it runs (in this actor's process), then put OpenRLHF's back.
+        stock = ppo_trainer_async.GenerateSamplesActor, ppo_trainer_async.TrainingActor
         ppo_trainer_async.GenerateSamplesActor = AllocatingGenerateSamplesActor
         ppo_trainer_async.TrainingActor = AllocatingTrainingActor
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            ppo_trainer_async.GenerateSamplesActor, ppo_trainer_async.TrainingActor = stock
 
 
 AllocatingPPOTrainerAsync = ray.remote(_AllocatingPPOTrainerAsync)

@@ -25,8 +25,8 @@ from openrlhf_cero.cpu import paths, shims, stand_in_reward, tiny
 
 cpu.install()  # the whole module needs the stand-in vllm and the shims
 
-import vllm  # noqa: E402  (the stand-in, put on sys.path by install())
 import torch.distributed as dist  # noqa: E402
+import vllm  # noqa: E402  (the stand-in, put on sys.path by install())
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -175,9 +175,8 @@ def test_cuda_calls_used_by_openrlhf_work_on_cpu():
 def test_device_mesh_and_barrier_on_gloo():
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    from torch.distributed.device_mesh import init_device_mesh
-
     from openrlhf.utils.distributed_util import torch_dist_barrier_and_cuda_sync
+    from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh("cuda", (1, 1, 1), mesh_dim_names=("dp", "sp", "tp"))
     assert mesh.device_type == "cpu"
@@ -372,7 +371,9 @@ def test_tiny_assets_are_usable(assets):
     for row in rows:
         assert tokenizer.decode(tokenizer(row["input"])["input_ids"]) == row["input"]  # lossless
         assert 0.0 <= stand_in_reward.parse_pass_rate(row["label"]) <= 1.0
-    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    messages = [{"role": "user", "content": "hi"}]
+    chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert chat == "user: hi\nassistant:"
 
 
 def test_stand_in_reward_passes_at_the_labelled_rate(assets):

@@ -161,7 +161,13 @@ class AsyncLLMEngine:
                 stop_reason = done.token_ids[-1] if done.finish_reason == "stop" else None
                 outputs.append(
                     CompletionOutput(
-                        index, text, done.token_ids, done.cumulative_logprob, done.logprobs, done.finish_reason, stop_reason
+                        index=index,
+                        text=text,
+                        token_ids=done.token_ids,
+                        cumulative_logprob=done.cumulative_logprob,
+                        logprobs=done.logprobs,
+                        finish_reason=done.finish_reason,
+                        stop_reason=stop_reason,
                     )
                 )
         finally:

@@ -48,7 +48,9 @@ class _TokenBoundaryHook(StoppingCriteria):
 def _generation_config(params: SamplingParams, max_tokens: int, eos_ids: list[int], pad_id: int | None):
     stop_ids = [] if params.ignore_eos else list(eos_ids)
     stop_ids += [t for t in params.stop_token_ids or [] if t not in stop_ids]
-    sampling = {} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
+    sampling = {}
+    if not params.greedy:
+        sampling = {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
     return GenerationConfig(
         max_new_tokens=max_tokens,
         # HF applies min_new_tokens by masking the EOS ids, as vLLM does.

@@ -39,6 +39,9 @@ class AllocatingSamplesGenerator(SamplesGenerator):
         self.allocator = allocator
         self._dataloader_iter = None
         self._ready: List[RolloutBatch] = []  # whole steps made ahead (vllm_generate_batch_size > batch_size)
+        # Prompts an allocator may hand back for a retry (Pilot-Commit's queue), by id.
+        self._held: dict[int, Prompt] = {}
+        self._fresh_taken = 0
 
     # ── one training step ──
 
@@ -56,8 +59,9 @@ class AllocatingSamplesGenerator(SamplesGenerator):
                 steps_ahead = max(1, (self.args.rollout.vllm_generate_batch_size or 0) // self.args.rollout.batch_size)
                 accepted = 0
                 for _ in range(steps_ahead):
+                    taken_before = self._fresh_taken
                     batch, outcome = self._allocate_step(**generate_kwargs)
-                    prompts_consumed += outcome.prompts_consumed
+                    prompts_consumed += self._fresh_taken - taken_before  # retries are not new data
                     accepted += len(outcome.groups)
                     if batch:
                         self._ready.append(batch)
@@ -97,12 +101,30 @@ class AllocatingSamplesGenerator(SamplesGenerator):
         return RolloutBatch(samples, [len(g.samples) for g in outcome.groups], metrics), outcome
 
     def _take_prompts(self, count: int) -> Tuple[np.ndarray, List[Prompt]]:
-        prompts, labels, images, _ = _collect_prompt_batch(self._dataloader_iter, count)
-        ids = prompt_ids(prompts, labels)
+        """Up to ``count`` prompts: first those the allocator hands back for a retry
+        (optional hook ``requeue``), then fresh ones from OpenRLHF's dataloader."""
+        retried = self._retried_prompts(count)
+        prompts, labels, images, _ = _collect_prompt_batch(self._dataloader_iter, count - len(retried))
+        self._fresh_taken += len(prompts)
+        fresh = list(zip(prompts, labels, images))
+        fresh_ids = prompt_ids(prompts, labels)
         observe = getattr(self.allocator, "observe_prompts", None)
         if observe is not None and prompts:
-            observe(ids, prompts)  # allocators that predict from the prompt text (VIP)
-        return ids, list(zip(prompts, labels, images))
+            observe(fresh_ids, prompts)  # allocators that predict from the prompt text (VIP)
+        if hasattr(self.allocator, "requeue"):
+            self._held.update(zip(fresh_ids.tolist(), fresh))
+        ids = np.concatenate([np.array([pid for pid, _ in retried], dtype=np.uint64), fresh_ids])
+        return ids, [prompt for _, prompt in retried] + fresh
+
+    def _retried_prompts(self, count: int) -> List[Tuple[int, Prompt]]:
+        requeue = getattr(self.allocator, "requeue", None)
+        if requeue is None:
+            return []
+        # Keep only texts the allocator may still ask for. Ids whose text is gone (after a
+        # resume) are skipped: those prompts come back with the dataloader's next epoch.
+        queued = set(self.allocator.queued_ids().tolist())
+        self._held = {pid: prompt for pid, prompt in self._held.items() if pid in queued}
+        return [(pid, self._held[pid]) for pid in requeue(count).tolist() if pid in self._held]
 
     def _draw(self, prompts: Sequence[Prompt], counts: np.ndarray, **generate_kwargs):
         """Generate ``counts[i]`` rollouts of prompt i; return per prompt (samples, success scores)."""

@@ -1,0 +1,152 @@
+"""The allocating SamplesGenerator with OpenRLHF's real pieces around it.
+
+Real: Ray, OpenRLHF's ``create_vllm_engines`` / ``RolloutRayActor`` (with its reward
+function loading and single-turn executor), ``get_strategy``, ``get_tokenizer`` and
+``prepare_datasets`` (the StatefulDataLoader of prompts). Stood in: the vLLM engine
+inside the rollout actor (transformers generation, docs/cpu.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openrlhf_cero import cpu
+from openrlhf_cero.allocators import prompt_id
+from openrlhf_cero.cpu.tiny import build, smoke_flags
+from openrlhf_cero.openrlhf.flags import add_allocator_arguments, allocator_from_args
+from openrlhf_cero.openrlhf.stock_main import parse_stock_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("assets"), prompts=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engines(assets, tmp_path_factory):
+    cpu.install()
+    import ray
+    from openrlhf.trainer.ray import create_vllm_engines
+
+    ray.init(**cpu.ray_init_kwargs())
+    args = openrlhf_args(assets, tmp_path_factory.mktemp("work"))
+    yield create_vllm_engines(
+        1, 1, args.actor.model_name_or_path, args.train.seed, False, False, False, args.data.max_len,
+        None, args.vllm.gpu_memory_utilization, False, None, remote_rm_url=args.reward.remote_url,
+    )
+    ray.shutdown()
+
+
+def openrlhf_args(assets, work, *extra: str, **overrides):
+    flags = smoke_flags(assets, work, **{"data.max_samples": 64, **overrides})
+    return parse_stock_args([*flags, *extra], add_allocator_arguments)
+
+
+def make_generator(assets, work, engines, *extra: str, **overrides):
+    from openrlhf.trainer.ppo_trainer import prepare_datasets
+    from openrlhf.utils import get_strategy
+    from openrlhf.utils.utils import get_tokenizer
+
+    from openrlhf_cero.openrlhf.checkpoint import AllocatorCheckpointingLoader
+    from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
+
+    args = openrlhf_args(assets, work, *extra, **overrides)
+    strategy = get_strategy(args)
+    tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", strategy)
+    loader, _, _ = prepare_datasets(strategy, tokenizer)
+    allocator = allocator_from_args(args)
+    loader = AllocatorCheckpointingLoader(loader, allocator)
+    generator = AllocatingSamplesGenerator(
+        strategy=strategy, prompts_dataloader=loader, eval_dataloader=None, tokenizer=tokenizer,
+        vllm_engines=engines, allocator=allocator,
+    )
+    kwargs = dict(do_sample=True, max_len=args.data.max_len, max_new_tokens=args.rollout.max_new_tokens,
+                  temperature=args.rollout.temperature, top_p=args.rollout.top_p)
+    return generator, kwargs, args
+
+
+def groups_of(batch):
+    """Split a RolloutBatch into its groups, checking each group is one prompt."""
+    groups, start = [], 0
+    for size in batch.group_sizes:
+        group = batch[start : start + size]
+        assert len({(s.prompts[0], s.labels[0]) for s in group}) == 1, "a group mixes prompts"
+        groups.append(group)
+        start += size
+    assert start == len(batch)
+    return groups
+
+
+def test_uniform_draws_n_per_prompt(assets, tmp_path, engines):
+    generator, kwargs, args = make_generator(assets, tmp_path, engines, "--rollout_allocator", "uniform")
+    batch, pass_rate, consumed, exhausted = generator.generate_samples(**kwargs)
+    assert len(batch) == 16 and batch.group_sizes == [4, 4, 4, 4]
+    assert consumed == 4 and not exhausted and pass_rate is None
+    assert len({s.prompts[0] for s in batch}) == 4
+    groups_of(batch)
+    assert batch.metrics["allocator/rollouts_drawn"] == 16.0
+
+
+def test_per_prompt_counts_and_second_round(assets, tmp_path, engines):
+    generator, kwargs, _ = make_generator(
+        assets, tmp_path, engines, "--rollout_allocator", "unequal_test", "--allocator.unequal_test.extra_round", "true"
+    )
+    batch, _, consumed, _ = generator.generate_samples(**kwargs)
+    groups = groups_of(batch)
+    assert [len(g) for g in groups] == [6, 2, 6, 2] and len(batch) == 16 and consumed == 4
+    # The second round's rollouts join the first round's group of the same prompt.
+    rewards = [float(s.rewards[0]) for s in batch]
+    assert all(r in (0.0, 1.0) for r in rewards)
+
+
+def test_skipped_prompts_and_refills_keep_the_step_total(assets, tmp_path, engines):
+    """Pilot-Commit pilots a pool, skips out-of-band prompts and refills from the
+    dataloader: prompts are pulled beyond the first batch, every trained group is
+    pilot + commit of one prompt, and the step still trains batch * n samples."""
+    generator, kwargs, _ = make_generator(
+        assets, tmp_path, engines, "--rollout_allocator", "pilot_commit", "--rollout.n_samples_per_prompt", "8",
+        "--allocator.pilot_commit.n_pilot", "4",
+    )
+    totals = []
+    for _ in range(2):
+        batch, _, consumed, _ = generator.generate_samples(**kwargs)
+        groups = groups_of(batch)
+        totals.append(len(batch))
+        assert all(len(g) == 8 for g in groups)
+        assert consumed > 4  # more prompts than rollout.batch_size were needed
+        metrics = batch.metrics
+        assert metrics["allocator/rollouts_trained"] == 32.0
+        assert metrics["allocator/rollouts_drawn"] > 32.0  # pilots of skipped prompts count
+        assert metrics["allocator/prompts_skipped"] > 0
+    assert totals == [32, 32]
+
+
+def test_dynamic_filtering_drops_and_replaces_groups(assets, tmp_path, engines):
+    generator, kwargs, _ = make_generator(
+        assets, tmp_path, engines, "--rollout_allocator", "uniform", "--algo.dynamic_filtering_enable",
+        "--algo.dynamic_filtering_range", "0", "1",
+    )
+    batch, pass_rate, consumed, _ = generator.generate_samples(**kwargs)
+    groups = groups_of(batch)
+    assert len(batch) == 16 and len(groups) == 4
+    assert all(0 < np.mean([float(s.scores[0]) for s in g]) < 1 for g in groups)
+    filtered = batch.metrics["allocator/groups_filtered"]
+    assert consumed == 4 + filtered and pass_rate == pytest.approx(400 / consumed)
+
+
+def test_checkpointed_loader_carries_the_allocator_state(assets, tmp_path, engines):
+    generator, kwargs, _ = make_generator(assets, tmp_path, engines, "--rollout_allocator", "unequal_test")
+    generator.generate_samples(**kwargs)
+    state = generator.prompts_dataloader.state_dict()
+    assert state["rollout_allocator"]["steps"] == 1 and state["_num_yielded"] == 4
+
+    fresh, _, _ = make_generator(assets, tmp_path / "b", engines, "--rollout_allocator", "unequal_test")
+    fresh.prompts_dataloader.load_state_dict(state)
+    assert fresh.allocator.state_dict() == generator.allocator.state_dict()
+    # The data position came back too: the next prompts are the ones after the first four.
+    first = {prompt_id(s.prompts[0], s.labels[0]) for s in generator.generate_samples(**kwargs)[0]}
+    second = {prompt_id(s.prompts[0], s.labels[0]) for s in fresh.generate_samples(**kwargs)[0]}
+    assert first == second

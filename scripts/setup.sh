@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a CPU development machine: a virtual environment in .venv with
 # torch (CPU), OpenRLHF 0.11.2 (flash-attn installed Python-only, no vLLM), this
-# package in editable mode, and DeepSpeed's CPU ops pre-built into a cache.
+# package in editable mode, and DeepSpeed's CPU ops pre-built into a per-user cache.
 # A second run only re-checks (seconds). Override with VENV=... PYTHON=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # shellcheck disable=SC1091
@@ -28,6 +27,7 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # DeepSpeed JIT-compiles its CPU Adam and shared-memory comm ops on first use (about
-# two minutes on 2 cores); build them once here into TORCH_EXTENSIONS_DIR.
+# two minutes on 2 cores); build them once here, into $TORCH_EXTENSIONS_DIR or by default
+# ~/.cache/openrlhf_cero/torch_extensions, where every later run finds them.
 OPENRLHF_CERO_CPU=1 python -m openrlhf_cero.cpu.prebuild_ops
 echo "setup done: $VENV ($(python -c 'import openrlhf_cero,sys; print(sys.version.split()[0])'))"

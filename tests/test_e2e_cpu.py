@@ -20,9 +20,6 @@ from openrlhf_cero.cpu.tiny import build, smoke_flags
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("assets"), prompts=64, seed=0)
@@ -31,7 +28,6 @@ def assets(tmp_path_factory) -> Path:
 def cpu_env() -> dict[str, str]:
     env = dict(os.environ)
     env["OPENRLHF_CERO_CPU"] = "1"
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

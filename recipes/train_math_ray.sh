@@ -19,6 +19,9 @@
 #   ROLLOUT_BATCH  prompts per step [16 x GPUs]; TRAIN_BATCH samples per optimizer step [ROLLOUT_BATCH x N_SAMPLES / 4]
 #   N_SAMPLES      --rollout.n_samples_per_prompt: the per-prompt average the allocator keeps [8]
 #   EVAL_DATASET   evaluation set, e.g. OpenRLHF/aime-2024 (evaluated at a fixed n) [none]
+#   ASYNC=1        async trainer (--train.async_enable) instead of the hybrid engine: OpenRLHF
+#                  refuses async with vLLM sleep, so actor+reference take half of each node's
+#                  GPUs and vLLM engines the other half
 #   DRY_RUN=1      check every flag with OpenRLHF's own parser and checks plus ours, here,
 #                  without Ray or GPUs (no vLLM on this machine: also set OPENRLHF_CERO_CPU=1)
 #   PRINT_FLAGS=1  print the trainer flags, one per line, and exit
@@ -83,13 +86,28 @@ case $ALLOCATOR in
   *) echo "unknown allocator '$ALLOCATOR': use uniform, cero, vip or pilot_commit" >&2; exit 2 ;;
 esac
 
+if [[ ${ASYNC:-0} == 1 ]]; then
+  # async: generation of step t+1 overlaps training on step t (one step off-policy)
+  TRAIN_GPUS_PER_NODE=$((GPUS_PER_NODE / 2))
+  PLACEMENT_FLAGS=(
+    --vllm.num_engines $((GPUS / 2)) --train.colocate_actor_ref --train.async_enable
+    --vllm.gpu_memory_utilization 0.9
+  )
+else
+  # hybrid engine: actor, reference and a vLLM engine on every GPU, vLLM asleep while training
+  TRAIN_GPUS_PER_NODE=$GPUS_PER_NODE
+  PLACEMENT_FLAGS=(
+    --vllm.num_engines "$GPUS" --train.colocate_all --vllm.enable_sleep --ds.enable_sleep
+    --vllm.gpu_memory_utilization 0.6
+  )
+fi
+
 FLAGS=(
-  # placement: hybrid engine, everything on every GPU
-  --actor.num_nodes "$NUM_NODES" --actor.num_gpus_per_node "$GPUS_PER_NODE"
-  --ref.num_nodes "$NUM_NODES" --ref.num_gpus_per_node "$GPUS_PER_NODE"
-  --vllm.num_engines "$GPUS" --vllm.tensor_parallel_size 1
-  --train.colocate_all --vllm.enable_sleep --ds.enable_sleep
-  --vllm.gpu_memory_utilization 0.6 --vllm.sync_backend nccl --vllm.enforce_eager
+  # placement
+  --actor.num_nodes "$NUM_NODES" --actor.num_gpus_per_node "$TRAIN_GPUS_PER_NODE"
+  --ref.num_nodes "$NUM_NODES" --ref.num_gpus_per_node "$TRAIN_GPUS_PER_NODE"
+  "${PLACEMENT_FLAGS[@]}"
+  --vllm.tensor_parallel_size 1 --vllm.sync_backend nccl --vllm.enforce_eager
 
   # model, data, reward
   --actor.model_name_or_path "$MODEL"

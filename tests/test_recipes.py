@@ -86,6 +86,14 @@ def test_gpu_recipe_scales_with_the_gpu_count(nodes, engines, prompts, capsys):
     assert "allocator cero" in dry_run(flags, capsys)
 
 
+def test_async_variant_drops_the_hybrid_engine_and_parses(capsys):
+    flags = recipe_flags("grpo_math.sh", "pilot_commit", ASYNC="1")
+    assert "--train.async_enable" in flags
+    assert not {"--vllm.enable_sleep", "--train.colocate_all"} & set(flags)  # OpenRLHF refuses them with async
+    assert int(flag_value(flags, "--actor.num_gpus_per_node")) + int(flag_value(flags, "--vllm.num_engines")) == 8
+    assert "allocator pilot_commit" in dry_run(flags, capsys)
+
+
 def test_recipe_passes_extra_flags_through_and_they_are_checked(capsys):
     flags = recipe_flags("reinforce_baseline_math.sh", "vip", "--allocator.max_samples", "16")
     assert flags[-2:] == ["--allocator.max_samples", "16"]

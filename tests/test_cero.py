@@ -208,7 +208,8 @@ def test_skips_only_prompts_whose_first_group_is_not_worth_the_budget_dual():
 
 def test_oversampling_offers_more_prompts_in_step_mode_only():
     assert cero(prompt_oversample=1.5).prompts_wanted(512) == 96
-    assert cero().prompts_wanted(512) == 64
+    assert cero(prompt_oversample=1.0).prompts_wanted(512) == 64
+    assert cero().prompts_wanted(512) == 192  # default 3.0
     assert cero(prompt_oversample=1.5, budget_mode="global", global_budget=10, global_steps=1).prompts_wanted(512) == 64
 
 
@@ -302,7 +303,7 @@ def test_metrics_report_duals_values_and_shares():
 
 def test_runs_in_the_shared_step_loop_with_duplicates():
     rng = np.random.default_rng(2)
-    alloc = cero()
+    alloc = cero(prompt_oversample=1.0)  # exactly the 8 prompts of the pool
     pool = np.array([5, 5, 6, 7, 8, 9, 10, 11], dtype=np.uint64)
 
     def take(k):

@@ -147,3 +147,61 @@ def test_old_checkpoint_without_allocator_state_loads_with_warning(assets, tmp_p
     )
     assert "has no rollout-allocator state" in log
     assert scalars(stock_dir / "tb")["allocator/rollouts_drawn_total"] == {3: 16.0, 4: 32.0}
+
+
+def last_step(values: dict[int, float]) -> int:
+    return max(values)
+
+
+@pytest.mark.parametrize(
+    "allocator, mode, tracked_metric",
+    [
+        ("cero", "sync", "allocator/tracked_prompts"),
+        ("cero", "async", "allocator/tracked_prompts"),
+        ("vip", "sync", "allocator/vip_gp_prompts_tracked"),
+    ],
+)
+def test_allocator_trains_and_resumes(assets, tmp_path, allocator, mode, tracked_metric):
+    """The allocator runs in the real trainer, keeps OpenRLHF's per-step total, saves its
+    state in the checkpoint, and a resumed run starts from that state: in the second
+    epoch it still knows every prompt of the first (a fresh allocator would know only the
+    prompts of one step). CERO offers 3x the prompts per step by default, hence 24 prompts
+    for 2 steps."""
+    extra = ["--rollout_allocator", allocator] + (["--train.async_enable"] if mode == "async" else [])
+    data = {"data.max_samples": 24 if allocator == "cero" else 8}
+    first = train(assets, tmp_path, *extra, **data)
+    assert first["rollout/num_samples"] == {1: 16.0, 2: 16.0}
+    assert first[tracked_metric][2] > first[tracked_metric][1]
+    saved = checkpoint_state(tmp_path / "ckpt", 2)["rollout_allocator"]
+    assert saved["allocator"] == allocator and saved["steps"] == 2
+
+    resumed = train(assets, tmp_path, *extra, "--ckpt.load_enable",
+                    **data, **{"train.num_episodes": 2, "logger.tensorboard_dir": tmp_path / "tb_resumed"})
+    assert resumed["rollout/num_samples"] == {3: 16.0, 4: 16.0}
+    assert resumed[tracked_metric][3] >= first[tracked_metric][2]
+    assert resumed["allocator/rollouts_drawn_total"][3] == first["allocator/rollouts_drawn_total"][2] + 16
+
+
+def test_pilot_commit_evicts_and_resumes_with_its_evictions(assets, tmp_path):
+    """Pilot-Commit in the real trainer: pilots, commits whole groups of n (pilot + commit),
+    pulls prompts beyond the batch, evicts prompts solved in every pilot rollout, and a
+    resumed run keeps the evicted set."""
+    flags = ["--rollout_allocator", "pilot_commit", "--allocator.pilot_commit.n_pilot", "4",
+             "--allocator.pilot_commit.eviction_threshold", "4"]
+    sizes = {"rollout.n_samples_per_prompt": 8, "data.max_samples": 32}
+    first = train(assets, tmp_path, *flags, **sizes)
+    steps = sorted(first["rollout/num_samples"])
+    assert all(first["rollout/num_samples"][s] == 32.0 for s in steps[:-1])  # the last batch may be short
+    assert all(first["allocator/samples_per_prompt_min"][s] == 8.0 for s in steps)
+    assert sum(first["allocator/rollouts_drawn"].values()) > sum(first["allocator/rollouts_trained"].values())
+    saved = checkpoint_state(tmp_path / "ckpt", steps[-1])["rollout_allocator"]
+    evicted = set(saved["state"]["evicted"])
+    assert evicted, "no prompt was evicted; the test needs an eviction before the resume"
+
+    resumed = train(assets, tmp_path, *flags, "--ckpt.load_enable",
+                    **sizes, **{"train.num_episodes": 2, "logger.tensorboard_dir": tmp_path / "tb_resumed"})
+    first_resumed = min(resumed["allocator/evicted_prompts"])
+    assert first_resumed == steps[-1] + 1
+    assert resumed["allocator/evicted_prompts"][first_resumed] >= len(evicted)
+    final = checkpoint_state(tmp_path / "ckpt", max(resumed["allocator/evicted_prompts"]))["rollout_allocator"]
+    assert evicted <= set(final["state"]["evicted"])

@@ -92,3 +92,9 @@ def test_train_batch_that_does_not_divide_the_step(capsys):
 def test_openrlhfs_own_checks_still_run():
     with pytest.raises(AssertionError, match="n_samples_per_prompt > 1"):
         main([*BASE, "--rollout.n_samples_per_prompt", "1", "--dry_run"])
+
+
+def test_global_budget_mode_is_refused_in_the_trainer(capsys):
+    code, err = run(capsys, "--rollout_allocator", "cero", "--allocator.cero.budget_mode", "global",
+                    "--allocator.cero.global_budget", "100000", "--allocator.cero.global_steps", "100")
+    assert code == 2 and "budget_mode global" in err

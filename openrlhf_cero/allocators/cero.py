@@ -93,7 +93,7 @@ class CeroAllocator(RolloutAllocator):
         OptionSpec(
             "prompt_oversample",
             float,
-            1.0,
+            3.0,
             "step mode: offer this many times budget / n_samples_per_prompt prompts per step (>= 1), so that "
             "skipped prompts are replaced by others within the same step",
         ),
@@ -122,7 +122,7 @@ class CeroAllocator(RolloutAllocator):
         global_steps: int = 0,
         step_floor: float = 0.5,
         skip: bool = True,
-        prompt_oversample: float = 1.0,
+        prompt_oversample: float = 3.0,
         **settings: Any,
     ) -> None:
         super().__init__(**settings)

@@ -126,6 +126,12 @@ def check_launch(args: SimpleNamespace) -> RolloutAllocator:
         )
     if name == "uniform":
         return allocator  # stock behaviour: no constraint beyond OpenRLHF's own
+    if getattr(allocator, "variable_step_total", False):
+        raise AllocatorError(
+            f"--rollout_allocator {name} is set to vary the rollouts per step (e.g. --allocator.cero.budget_mode "
+            "global), but OpenRLHF's schedules and batch sizes need the same total every step; use the step "
+            "budget mode in training (global mode is for the simulator)"
+        )
     estimator = args.algo.advantage.estimator
     if estimator in GROUP_ESTIMATORS and allocator.min_samples < 2:
         raise AllocatorError(f"--allocator.min_samples must be >= 2 with --algo.advantage.estimator {estimator}")

@@ -19,6 +19,8 @@ runs.
 
 from __future__ import annotations
 
+import math
+
 import ray
 from openrlhf.trainer import ppo_trainer, ppo_trainer_async
 
@@ -29,9 +31,19 @@ from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
 
 
 def _install_allocating_generator(owner) -> None:
-    """Give ``owner`` (the actor holding ``prompts_dataloader``) the allocator and our generator."""
+    """Give ``owner`` (the actor holding ``prompts_dataloader``) the allocator and our generator.
+
+    An allocator that spreads a step's budget over more prompts than
+    ``rollout.batch_size`` (CERO's ``prompt_oversample``, Pilot-Commit's pilot pool) goes
+    through an epoch in fewer steps; ``max_steps``, from which OpenRLHF sizes the
+    learning-rate schedule, is scaled to match.
+    """
     stock = owner.samples_generator
-    allocator = allocator_from_args(stock.args)
+    args = stock.args
+    allocator = allocator_from_args(args)
+    budget = args.rollout.batch_size * args.rollout.n_samples_per_prompt
+    prompts_per_step = max(allocator.prompts_wanted(budget), 1)
+    owner.max_steps = max(1, math.ceil(owner.max_steps * args.rollout.batch_size / prompts_per_step))
     owner.prompts_dataloader = AllocatorCheckpointingLoader(owner.prompts_dataloader, allocator)
     owner.samples_generator = AllocatingSamplesGenerator(
         strategy=stock.strategy,

@@ -9,6 +9,7 @@ exits 1 when the file on disk differs from what would be written.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,7 +38,9 @@ Checked at launch when the allocator is not `uniform` (each refusal names the fl
   `reinforce_baseline`, `dr_grpo`);
 - `--train.batch_size` and `--rollout.micro_batch_size` divide the per-step total
   `--rollout.batch_size` x `--rollout.n_samples_per_prompt`, which every step keeps;
-- `--rollout.vllm_generate_batch_size` is a multiple of `--rollout.batch_size`.
+- `--rollout.vllm_generate_batch_size` is a multiple of `--rollout.batch_size`;
+- the per-step total does not vary (CERO's `--allocator.cero.budget_mode global` is for
+  the simulator).
 """
 
 
@@ -102,7 +105,8 @@ def _default(action: argparse.Action) -> str:
         return str(action.default).lower()
     if isinstance(action.default, (list, tuple)):
         return " ".join(str(v) for v in action.default)
-    return str(action.default)
+    # OpenRLHF stamps the launch time into some defaults (the wandb run name): show the pattern.
+    return re.sub(r"\d{4}T\d{2}:\d{2}", "<MMDDTHH:MM at launch>", str(action.default))
 
 
 def _help(action: argparse.Action) -> str:

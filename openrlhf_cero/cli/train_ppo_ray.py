@@ -23,21 +23,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cpu.cpu_mode_requested():
         cpu.install()
 
-    from openrlhf_cero.openrlhf.flags import add_allocator_arguments, check_launch
+    from openrlhf_cero.openrlhf.flags import check_launch
+    from openrlhf_cero.openrlhf.native import add_plugin_arguments, prepare_hooks
     from openrlhf_cero.openrlhf.stock_main import run_stock_main
 
     def train(args: SimpleNamespace, stock_train: Callable[[SimpleNamespace], None]) -> None:
         try:
             allocator = check_launch(args)
+            runtime_hooks = prepare_hooks(args)  # False where OpenRLHF has native hooks (native.py)
         except AllocatorError as error:
             print(f"train_ppo_ray: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         if args.dry_run:
             print(f"dry run: flags are valid; allocator {allocator.name} {allocator.state_dict()['settings']}")
             return
-        from openrlhf_cero.openrlhf.trainers import use_allocating_trainers
+        if runtime_hooks:
+            from openrlhf_cero.openrlhf.trainers import use_allocating_trainers
 
-        use_allocating_trainers()
+            use_allocating_trainers()
         if cpu.cpu_mode_requested():
             import ray
 
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ray.init(**cpu.ray_init_kwargs())
         stock_train(args)
 
-    run_stock_main(argv, add_arguments=add_allocator_arguments, train=train)
+    run_stock_main(argv, add_arguments=add_plugin_arguments, train=train)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,11 @@ esac
 
 case $ALLOCATOR in
   uniform | vip) ALLOCATOR_FLAGS=() ;;  # VIP's defaults follow the estimator (docs/vip.md)
-  # Offer 3x the prompts per step and let CERO skip the near-certain ones: the setting of its
-  # simulator gain (1.95x fewer rollouts to target on the deepscaler scenario, docs/cero.md).
-  # Each step still trains ROLLOUT_BATCH x N_SAMPLES samples; an epoch takes fewer steps.
+  # Offer 3x the prompts per step and let CERO skip the near-certain ones (CERO's default,
+  # spelled out): the setting of its simulator gain (1.95x fewer rollouts to target on the
+  # deepscaler scenario, docs/cero.md). Each step still trains ROLLOUT_BATCH x N_SAMPLES
+  # samples; an epoch takes fewer steps. --allocator.cero.prompt_oversample 1 keeps
+  # ROLLOUT_BATCH prompts per step and only moves rollouts between them.
   cero) ALLOCATOR_FLAGS=(--allocator.cero.prompt_oversample 3) ;;
   # n_pilot defaults to max(4, N_SAMPLES / 4): 4 pilot + 4 commit rollouts at n = 8.
   pilot_commit) ALLOCATOR_FLAGS=() ;;

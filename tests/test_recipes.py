@@ -227,15 +227,20 @@ def test_cpu_smoke_recipe_trains_with_cero_through_the_real_trainer(tmp_path):
     (tmp_path / "run.log").write_text(log)
     assert result.returncode == 0, log[-6000:]
 
-    steps = {1, 2, 3, 4}  # 8 prompts, 4 per step, 2 epochs
-    assert {int(p.name.removeprefix("global_step")) for p in (tmp_path / "ckpt" / "_actor").glob("global_step*")} >= {3, 4}
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
-    # Every step trains the stock per-step total (4 prompts x 4), in groups within the bounds.
-    assert scalars["rollout/num_samples"] == {s: 16.0 for s in steps}
-    assert scalars["allocator/rollouts_trained"] == {s: 16.0 for s in steps}
+    steps = sorted(scalars["rollout/num_samples"])
+    assert len(steps) >= 3, steps  # 24 prompts, 12 offered per step (prompt_oversample 3), 2 epochs
+    saved = {int(p.name.removeprefix("global_step")) for p in (tmp_path / "ckpt" / "_actor").glob("global_step*")}
+    assert steps[-1] in saved
+    # The stock per-step total (4 prompts x 4); a step is short only where an epoch's data ran out.
+    assert scalars["rollout/num_samples"][steps[0]] == 16.0
+    assert all(scalars["rollout/num_samples"][s] <= 16.0 for s in steps)
+    assert scalars["allocator/rollouts_trained"] == scalars["rollout/num_samples"]
     assert all(v >= 2 for v in scalars["allocator/samples_per_prompt_min"].values())
     assert all(v <= 16 for v in scalars["allocator/samples_per_prompt_max"].values())
-    assert scalars["allocator/tracked_prompts"][4] == 8.0
+    # CERO's table grows with new prompts and never beyond the 24 of the data (the second epoch revisits).
+    tracked = [scalars["allocator/tracked_prompts"][s] for s in steps]
+    assert tracked == sorted(tracked) and 12 <= tracked[-1] <= 24
     # Whatever the real trainer logs under allocator/ is explained in docs/metrics.md.
     logged = {tag.removeprefix("allocator/") for tag in scalars if tag.startswith("allocator/")}
     assert logged and logged <= documented_metrics(), sorted(logged - documented_metrics())

@@ -62,7 +62,7 @@ class AllocatingSamplesGenerator(SamplesGenerator):
                     taken_before = self._fresh_taken
                     batch, outcome = self._allocate_step(**generate_kwargs)
                     prompts_consumed += self._fresh_taken - taken_before  # retries are not new data
-                    accepted += len(outcome.groups)
+                    accepted += outcome.rollouts_trained
                     if batch:
                         self._ready.append(batch)
                     if outcome.exhausted:
@@ -73,7 +73,7 @@ class AllocatingSamplesGenerator(SamplesGenerator):
                 if self.args.vllm.enable_sleep:
                     batch_vllm_engine_call(self.vllm_engines, "sleep")
             if self.args.algo.dynamic_filtering_enable and prompts_consumed:
-                pass_rate = accepted / prompts_consumed * 100  # share of consumed prompts that trained
+                pass_rate = accepted / prompts_consumed * 100  # OpenRLHF's formula: samples kept per prompt, in %
 
         samples = self._ready.pop(0) if self._ready else RolloutBatch()
         exhausted = self._dataloader_iter is None and not self._ready

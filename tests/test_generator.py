@@ -150,3 +150,18 @@ def test_checkpointed_loader_carries_the_allocator_state(assets, tmp_path, engin
     first = {prompt_id(s.prompts[0], s.labels[0]) for s in generator.generate_samples(**kwargs)[0]}
     second = {prompt_id(s.prompts[0], s.labels[0]) for s in fresh.generate_samples(**kwargs)[0]}
     assert first == second
+
+
+def test_generate_batch_larger_than_train_batch_is_served_step_by_step(assets, tmp_path, engines):
+    """--rollout.vllm_generate_batch_size 8 with batch 4: one generation call makes two
+    whole steps; the second is served from the buffer without touching the data."""
+    generator, kwargs, _ = make_generator(
+        assets, tmp_path, engines, "--rollout_allocator", "unequal_test", "--train.async_enable",
+        "--rollout.vllm_generate_batch_size", "8",
+    )
+    first, _, consumed_first, _ = generator.generate_samples(**kwargs)
+    second, _, consumed_second, _ = generator.generate_samples(**kwargs)
+    assert (consumed_first, consumed_second) == (8, 0)
+    assert len(first) == len(second) == 16
+    assert first.group_sizes == second.group_sizes == [6, 2, 6, 2]
+    assert not {s.prompts[0] for s in first} & {s.prompts[0] for s in second}

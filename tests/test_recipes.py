@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from openrlhf_cero.cli.demo import read_scalars as tensorboard_scalars
 from openrlhf_cero.cli.train_ppo_ray import main as train_ppo_ray
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,18 +198,6 @@ def test_math_reward_scores_a_batch_in_order(math_reward):
 
 
 # ── the CPU smoke recipe, through the real trainer ──
-
-
-def tensorboard_scalars(tb_dir: Path) -> dict[str, dict[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, dict[int, float]] = {}
-    for events in sorted(tb_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag.removeprefix("train/"), {}).update({e.step: e.value for e in acc.Scalars(tag)})
-    return out
 
 
 def documented_metrics() -> set[str]:

@@ -227,3 +227,11 @@ def test_choosing_quotes_the_benchmark_figures():
                 continue
             speedup = float(rows[allocator][2].split("±")[0])
             assert quoted[allocator] == f"{speedup:.2f}x", (scenario, allocator)
+
+
+def test_python_example_in_the_readme_runs():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for source in blocks:
+        exec(compile(source, "README.md", "exec"), {})

@@ -98,10 +98,14 @@ def test_uniform_matches_stock_openrlhf_and_resumes(assets, tmp_path):
     assert checkpoint_state(tmp_path / "ours" / "ckpt", 3)["rollout_allocator"]["steps"] == 3
 
 
-def test_unequal_groups_and_second_round_flow_through_sync_trainer(assets, tmp_path):
-    """A test-only allocator with unequal groups, drawn in two rounds: the trainer gets
-    exactly batch*n samples per step, and groups of 2 and 6 reach the advantages."""
-    result = train(assets, tmp_path, "--rollout_allocator", "unequal_test", "--allocator.unequal_test.extra_round", "true")
+def test_unequal_groups_and_second_round_flow_through_hybrid_engine(assets, tmp_path):
+    """A test-only allocator with unequal groups, drawn in two rounds, in the sync trainer
+    with the hybrid engine (colocated models, engine and DeepSpeed sleeping between
+    phases): the trainer gets exactly batch*n samples per step, and groups of 2 and 6
+    reach the advantages."""
+    hybrid = ["--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"]
+    result = train(assets, tmp_path, "--rollout_allocator", "unequal_test", "--allocator.unequal_test.extra_round",
+                   "true", *hybrid)
     assert result["rollout/num_samples"] == {1: 16.0, 2: 16.0}
     assert result["allocator/samples_per_prompt_min"] == {1: 2.0, 2: 2.0}
     assert result["allocator/samples_per_prompt_max"] == {1: 6.0, 2: 6.0}

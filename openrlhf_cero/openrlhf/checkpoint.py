@@ -35,6 +35,8 @@ class AllocatorCheckpointingLoader:
         return len(self.loader)
 
     def __getattr__(self, name: str) -> Any:  # sampler, dataset, batch_size, ...
+        if name == "loader":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def state_dict(self) -> dict:

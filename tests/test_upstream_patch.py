@@ -497,7 +497,9 @@ def test_patched_openrlhf_trains_saves_and_resumes_with_its_own_hooks(trees, e2e
         e2e_env,
     )
     resumed = scalars(work / "tb_resumed")
-    assert "_Allocating" not in log and "allocator/cycles" not in resumed  # none of the plugin's classes ran
+    # OpenRLHF's own actor classes ran (Ray prefixes their log lines), none of the plugin's.
+    assert "(GenerateSamplesActor pid=" in log and "(TrainingActor pid=" in log and "_Allocating" not in log
+    assert "allocator/cycles" not in resumed
     assert resumed["allocator/rollouts_drawn_total"] == {3: 48.0, 4: 64.0}  # state restored from step 2
     assert resumed["allocator/samples_per_prompt_max"] == {3: 6.0, 4: 6.0}
     final = torch.load(work / "ckpt/_actor/global_step4/mp_rank_00_model_states.pt", weights_only=False)

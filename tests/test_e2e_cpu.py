@@ -112,15 +112,18 @@ def test_unequal_groups_and_second_round_flow_through_hybrid_engine(assets, tmp_
     assert result["allocator/rollouts_drawn"] == {1: 16.0, 2: 16.0}
 
 
-def test_async_trainer_with_unequal_groups_saves_and_resumes(assets, tmp_path):
-    first = train(assets, tmp_path, "--rollout_allocator", "unequal_test", "--train.async_enable")
+@pytest.mark.parametrize("allocator, largest_group", [("uniform", 4.0), ("unequal_test", 6.0)])
+def test_async_trainer_saves_and_resumes(assets, tmp_path, allocator, largest_group):
+    """The async trainer (generator and trainer in separate Ray actors): the step's groups
+    travel through OpenRLHF's queue, and the generator actor snapshots the allocator with
+    the data position of each batch."""
+    first = train(assets, tmp_path, "--rollout_allocator", allocator, "--train.async_enable")
     assert first["rollout/num_samples"] == {1: 16.0, 2: 16.0}
-    assert first["allocator/samples_per_prompt_max"][1] == 6.0
-    # The generator actor snapshots the allocator with the data position of each batch.
+    assert first["allocator/samples_per_prompt_max"][1] == largest_group
     assert checkpoint_state(tmp_path / "ckpt", 2)["rollout_allocator"]["steps"] == 2
 
     resumed = train(
-        assets, tmp_path, "--rollout_allocator", "unequal_test", "--train.async_enable", "--ckpt.load_enable",
+        assets, tmp_path, "--rollout_allocator", allocator, "--train.async_enable", "--ckpt.load_enable",
         **{"train.num_episodes": 2, "logger.tensorboard_dir": tmp_path / "tb_resumed"},
     )
     assert resumed["allocator/rollouts_drawn_total"] == {3: 48.0, 4: 64.0}

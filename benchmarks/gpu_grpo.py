@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from openrlhf_cero.allocators import create_allocator
+from openrlhf_cero.allocators.base import AllocatorError
 from openrlhf_cero.allocators.ids import prompt_id
 from openrlhf_cero.allocators.step_loop import run_step
 
@@ -400,8 +401,8 @@ def warm_up(cfg: Config, train: PromptSet, held_out: PromptSet, device: torch.de
         steps += 1
         if steps % cfg.warmup_check_every == 0:
             probe_rate = float(pass_rates(model, probe, 8, generator).mean())
-            history.append((steps, float(loss), probe_rate))
-            log(f"warm-up step {steps}: loss {float(loss):.3f}, probe sampled pass rate {probe_rate:.3f}")
+            history.append((steps, float(loss.detach()), probe_rate))
+            log(f"warm-up step {steps}: loss {float(loss.detach()):.3f}, probe sampled pass rate {probe_rate:.3f}")
             if probe_rate >= cfg.warmup_target:
                 break
     rates = pass_rates(model, train, 16, generator)
@@ -519,7 +520,7 @@ def grpo_update(model, opt, train: PromptSet, drawer: RolloutDrawer, groups, gra
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def run_allocator(cfg: Config, name: str, seed: int, state: dict, progress_path: Path | None = None) -> dict:
@@ -569,7 +570,11 @@ def run_allocator(cfg: Config, name: str, seed: int, state: dict, progress_path:
             break
         step_start = time.perf_counter()
         drawer = RolloutDrawer(model, train, generator)
-        outcome = run_step(allocator, cfg.n * cfg.batch_prompts, take_prompts, drawer)
+        try:
+            outcome = run_step(allocator, cfg.n * cfg.batch_prompts, take_prompts, drawer)
+        except AllocatorError as exc:  # e.g. Pilot-Commit finds no prompt in its band: the run ends here
+            record["error"] = str(exc)
+            break
         update_start = time.perf_counter()
         loss = grpo_update(model, opt, train, drawer, outcome.groups, cfg.grad_clip) if outcome.groups else 0.0
         update_seconds = time.perf_counter() - update_start
@@ -601,7 +606,7 @@ def run_allocator(cfg: Config, name: str, seed: int, state: dict, progress_path:
         if cum >= next_eval or cum >= cfg.total_rollouts:
             evaluate(cum, step)
             next_eval = (cum // cfg.eval_every + 1) * cfg.eval_every
-    record["done"] = not record.get("stopped_by_deadline", False)
+    record["done"] = not (record.get("stopped_by_deadline") or record.get("error"))
     record["wall_seconds"] = time.time() - start
     if progress_path is not None:
         _write_json(progress_path, record)
@@ -617,21 +622,33 @@ def _write_json(path: Path, payload: Any) -> None:
 # ── orchestration ───────────────────────────────────────────────────────────────────────
 
 
-def _worker(cfg_dict: dict, name: str, seed: int, state_path: str, progress_path: str) -> dict:
-    torch.set_num_threads(1)
+def _worker(cfg_dict: dict, name: str, seed: int, state_path: str, progress_path: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
     cfg = Config(**cfg_dict)
     state = torch.load(state_path, map_location="cpu")
     return run_allocator(cfg, name, seed, state, Path(progress_path))
 
 
-def run_all(cfg: Config, allocators: list[str], seeds: list[int], out: Path, jobs: int, log=print) -> dict:
+def run_all(
+    cfg: Config, allocators: list[str], seeds: list[int], out: Path, jobs: int, log=print, checkpoint: Path | None = None
+) -> dict:
+    """Warm up (or load ``checkpoint``), then GRPO for every allocator and seed; no allocators: warm-up only."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("GPU_GRPO_WORK", "/tmp/gpu_grpo_work"))
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     train, held_out = (s.to(device) for s in build_datasets(cfg.data_seed, cfg.train_size, cfg.eval_size))
-    state, warm = warm_up(cfg, train, held_out, device, log)
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu")
+        state, warm = saved["state"], json.loads(saved["info"])
+        log(f"warm-up checkpoint loaded from {checkpoint}")
+    else:
+        state, warm = warm_up(cfg, train, held_out, device, log)
+        if checkpoint is not None:
+            torch.save({"state": state, "info": json.dumps(warm)}, checkpoint)
     log(f"warm-up: {json.dumps({k: v for k, v in warm.items() if k != 'history'})}")
+    if not allocators:
+        return {"config": asdict(cfg), "device": _device_name(device), "warmup": warm, "runs": {}}
     state_path = work / "warmup.pt"
     torch.save(state, state_path)
     results: dict[str, Any] = {"config": asdict(cfg), "device": _device_name(device), "warmup": warm, "runs": {}}
@@ -658,7 +675,7 @@ def run_all(cfg: Config, allocators: list[str], seeds: list[int], out: Path, job
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
-            pool.submit(_worker, asdict(cfg), name, seed, str(state_path), str(progress[(name, seed)])): (name, seed)
+            pool.submit(_worker, asdict(cfg), name, seed, str(state_path), str(progress[(name, seed)]), torch.get_num_threads()): (name, seed)
             for name, seed in tasks
         }
         pending = set(futures)
@@ -716,7 +733,7 @@ def value_at(x: np.ndarray, y: np.ndarray, at: float) -> float:
     return float(np.interp(at, x, y)) if x.size and at <= x[-1] else float("nan")
 
 
-def summarise(results: dict, metric: str = "held_out", gain_share: float = 0.8) -> dict:
+def summarise(results: dict, metric: str = "train", gain_share: float = 0.8) -> dict:
     """Per allocator: rollouts to a target taken from uniform's curve, speed-up per seed, accuracy
     at equal rollouts, wall time, zero-variance share."""
     runs = [r for r in results["runs"].values() if "evals" in r and r["evals"]]
@@ -749,6 +766,21 @@ def summarise(results: dict, metric: str = "held_out", gain_share: float = 0.8) 
         }
     return {"metric": metric, "start": start, "uniform_final": uniform_final, "target": target,
             "gain_share": gain_share, "equal_rollouts": equal_at, "allocators": table}
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One results dict from runs of the same settings (e.g. seeds run in separate commands)."""
+    first = parts[0]
+    for other in parts[1:]:
+        differ = {k for k in first["config"] if k != "deadline" and first["config"][k] != other["config"].get(k)}
+        if differ:
+            raise SystemExit(f"cannot merge results of different settings: {sorted(differ)}")
+        clash = set(first["runs"]) & set(other["runs"])
+        if clash:
+            raise SystemExit(f"runs present twice: {sorted(clash)}")
+    merged = dict(first)
+    merged["runs"] = {k: v for part in parts for k, v in part["runs"].items()}
+    return merged
 
 
 def _ratio(baseline: float, cost: float) -> float:
@@ -842,15 +874,20 @@ SMOKE = dict(width=32, layers=1, heads=2, train_size=160, eval_size=80, warmup_b
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, help="folder for results.json and summary.md")
+    parser.add_argument("--out", type=Path, help="folder for results.json and log.txt")
     parser.add_argument("--allocators", default="uniform,cero,vip,pilot_commit")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes sharing the device)")
     parser.add_argument("--time-limit", type=float, default=0.0, help="seconds from start after which runs stop")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU setting for debugging")
-    parser.add_argument("--report", type=Path, help="summarise an existing results.json instead of running")
+    parser.add_argument("--report", type=Path, nargs="+", help="summarise results.json files (same settings, "
+                        "other seeds) instead of running")
     parser.add_argument("--plot", help="with --report: write PNG plots with this path prefix")
-    parser.add_argument("--gain-share", type=float, default=0.8)
+    parser.add_argument("--gain-share", type=float, default=0.8, help="target = start + this share of uniform's gain")
+    parser.add_argument("--metric", choices=("train", "held_out"), default="train",
+                        help="accuracy the target is set on (train: RLVR's own prompts, as in docs/benchmarks.md)")
+    parser.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     for f in Config.__dataclass_fields__.values():
         if f.name in ("deadline", "allocator_options"):
             continue
@@ -859,8 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.report:
-        results = json.loads(args.report.read_text())
-        summary = summarise(results, gain_share=args.gain_share)
+        results = merge_results([json.loads(path.read_text()) for path in args.report])
+        summary = summarise(results, metric=args.metric, gain_share=args.gain_share)
         print(markdown_table(summary))
         if args.plot:
             print("\n".join(plot(results, args.plot)))
@@ -890,11 +927,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with log_path.open("a") as fh:
             fh.write(line + "\n")
 
+    torch.set_num_threads(args.threads)
     started = time.time()
-    results = run_all(cfg, args.allocators.split(","), [int(s) for s in args.seeds.split(",")], args.out, args.jobs, log)
+    allocators = [a for a in args.allocators.split(",") if a]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = run_all(cfg, allocators, seeds, args.out, args.jobs, log, args.checkpoint)
     results["total_seconds"] = time.time() - started
     _write_json(args.out / "results.json", results)
-    summary = summarise(results, gain_share=args.gain_share)
+    summary = summarise(results, metric=args.metric, gain_share=args.gain_share)
     if summary:
         log(markdown_table(summary))
     log(f"total {time.time() - started:.0f} s")

@@ -5,10 +5,10 @@ policy instead, so that "fewer rollouts to the same accuracy" is measured on a m
 pass rates move by gradient descent. Only torch, numpy and our allocators package are used
 (no OpenRLHF, vLLM or Ray): it runs on one GPU, and on CPU with a tiny setting.
 
-    PYTHONPATH=. python3 benchmarks/gpu_grpo.py --out OUT [--allocators uniform,cero,vip,pilot_commit]
+    PYTHONPATH=. python3 benchmarks/small_model_grpo.py --out OUT [--allocators uniform,cero,vip,pilot_commit]
         [--seeds 0,1,2] [--jobs 12] [--total-rollouts 204800] ...
-    PYTHONPATH=. python benchmarks/gpu_grpo.py --smoke --out /tmp/gpu_grpo_smoke    # CPU, a minute
-    PYTHONPATH=. python benchmarks/gpu_grpo.py --report OUT/results.json [--plot docs/figures/gpu_]
+    PYTHONPATH=. python benchmarks/small_model_grpo.py --smoke --out /tmp/small_model_grpo_smoke    # CPU, a minute
+    PYTHONPATH=. python benchmarks/small_model_grpo.py --report OUT/results.json [--plot docs/figures/small_model_]
 
 What happens:
 
@@ -634,7 +634,7 @@ def run_all(
 ) -> dict:
     """Warm up (or load ``checkpoint``), then GRPO for every allocator and seed; no allocators: warm-up only."""
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("GPU_GRPO_WORK", "/tmp/gpu_grpo_work"))
+    work = Path(os.environ.get("GPU_GRPO_WORK", "/tmp/small_model_grpo_work"))
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     train, held_out = (s.to(device) for s in build_datasets(cfg.data_seed, cfg.train_size, cfg.eval_size))

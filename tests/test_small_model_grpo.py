@@ -1,4 +1,4 @@
-"""The pieces of benchmarks/gpu_grpo.py: task checker, group_norm on groups of any size, the
+"""The pieces of benchmarks/small_model_grpo.py: task checker, group_norm on groups of any size, the
 policy-gradient step, and GRPO steps through the shared run_step loop (tiny CPU settings)."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import torch
 from openrlhf_cero.allocators.step_loop import run_step
 from openrlhf_cero.allocators import create_allocator
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_grpo.py"
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "small_model_grpo.py"
 
 
 @pytest.fixture(scope="module")
 def g():
-    spec = importlib.util.spec_from_file_location("gpu_grpo_under_test", PATH)
+    spec = importlib.util.spec_from_file_location("small_model_grpo_under_test", PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)

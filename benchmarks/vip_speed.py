@@ -30,12 +30,13 @@ def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _cycle(alloc, ids, features, rng, budget):
+def _cycle(alloc, ids, features, outcomes, budget):
+    """observe + plan + finish: the allocator's whole work for one batch. ``outcomes`` are
+    drawn beforehand (rows of 0/1 per prompt) so that the timing holds no caller work."""
     if features is not None:
         alloc.observe_prompts(ids, features=features)
     counts = alloc.plan(ids, budget)
-    rewards = [(rng.random(c) < 0.4).astype(np.float64) for c in counts]
-    alloc.finish(ids, rewards)
+    alloc.finish(ids, [row[:c] for row, c in zip(outcomes, counts.tolist())])
 
 
 CLOCK = time.perf_counter  # --cpu-time switches to time.process_time
@@ -60,17 +61,15 @@ def measure(batch: int, window: int, dim: int, repeats: int) -> dict[str, float]
         nonlocal next_id
         ids = np.arange(next_id, next_id + batch, dtype=np.uint64)
         next_id += batch
-        return ids, _unit(rng, batch, dim)
+        return ids, _unit(rng, batch, dim), (rng.random((batch, 32)) < 0.4).astype(np.float64)
 
     while alloc.gp.win_alpha.size < window:  # fill the window
-        _cycle(alloc, *fresh_batch(), rng, budget)
+        _cycle(alloc, *fresh_batch(), budget)
 
-    def full_cycle():
-        _cycle(alloc, *fresh_batch(), rng, budget)
+    prepared = [fresh_batch() for _ in range(repeats)]
+    full = _median_ms(lambda: _cycle(alloc, *prepared.pop(), budget), repeats)
 
-    full = _median_ms(full_cycle, repeats)
-
-    ids, feats = fresh_batch()
+    ids, feats, _ = fresh_batch()
     alloc.observe_prompts(ids, features=feats)
     features = alloc._feature_matrix(ids)
     predict = _median_ms(lambda: alloc.gp.predict(ids, features), repeats)
@@ -89,7 +88,13 @@ def measure(batch: int, window: int, dim: int, repeats: int) -> dict[str, float]
     fit_ms = _median_ms(fit, repeats)
 
     uniform = create_allocator("uniform", n_samples_per_prompt=8, seed=0)
-    baseline = _median_ms(lambda: _cycle(uniform, fresh_batch()[0], None, rng, budget), repeats)
+    prepared = [fresh_batch() for _ in range(repeats)]
+
+    def uniform_cycle():
+        ids, _, outcomes = prepared.pop()
+        _cycle(uniform, ids, None, outcomes, budget)
+
+    baseline = _median_ms(uniform_cycle, repeats)
     return {"cycle": full, "predict": predict, "allocate": allocate, "fit": fit_ms, "uniform": baseline}
 
 
@@ -107,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--windows", default="1024,2048,4096,8192,16384")
-    parser.add_argument("--dims", default="256", help="feature dimensions to try (384 = MiniLM)")
+    parser.add_argument("--dims", default="128,256", help="feature dimensions to try (128 = default, 384 = MiniLM)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with process CPU time instead of wall time (a loaded machine inflates wall "

@@ -19,9 +19,14 @@ import time
 
 import numpy as np
 import torch
-from openrlhf.trainer.ppo_utils.experience import Experience
-from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+from openrlhf_cero import cpu
+
+cpu.install()  # OpenRLHF imports vLLM and flash-attn kernels; stand-ins on a machine without CUDA
+
+from openrlhf.trainer.ppo_utils.experience import Experience  # noqa: E402
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker  # noqa: E402
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController  # noqa: E402
 
 from openrlhf_cero.openrlhf.advantages import VariableGroupExperienceMaker, group_statistics
 from openrlhf_cero.openrlhf.rollout_batch import RolloutBatch, group_index

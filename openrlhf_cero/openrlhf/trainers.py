@@ -42,8 +42,9 @@ def _install_allocating_generator(owner) -> None:
     args = stock.args
     allocator = allocator_from_args(args)
     budget = args.rollout.batch_size * args.rollout.n_samples_per_prompt
-    prompts_per_step = max(allocator.prompts_wanted(budget), 1)
-    owner.max_steps = max(1, math.ceil(owner.max_steps * args.rollout.batch_size / prompts_per_step))
+    prompts_per_step = allocator.prompts_wanted(budget)
+    if prompts_per_step > args.rollout.batch_size:  # never for uniform: OpenRLHF's value stays
+        owner.max_steps = max(1, math.ceil(owner.max_steps * args.rollout.batch_size / prompts_per_step))
     owner.prompts_dataloader = AllocatorCheckpointingLoader(owner.prompts_dataloader, allocator)
     owner.samples_generator = AllocatingSamplesGenerator(
         strategy=stock.strategy,

@@ -165,3 +165,24 @@ def test_generate_batch_larger_than_train_batch_is_served_step_by_step(assets, t
     assert len(first) == len(second) == 16
     assert first.group_sizes == second.group_sizes == [6, 2, 6, 2]
     assert not {s.prompts[0] for s in first} & {s.prompts[0] for s in second}
+
+
+@pytest.mark.parametrize("allocator, expected", [("uniform", 90), ("cero", 30), ("unequal_test", 90)])
+def test_max_steps_follows_the_prompts_a_step_consumes(assets, tmp_path, engines, allocator, expected):
+    """OpenRLHF sizes the learning-rate schedule from max_steps; CERO's default offers 3x
+    the prompts per step, so an epoch has a third of the steps."""
+    from types import SimpleNamespace
+
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+
+    from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
+    from openrlhf_cero.openrlhf.trainers import _install_allocating_generator
+
+    ours, _, args = make_generator(assets, tmp_path, engines, "--rollout_allocator", allocator)
+    stock = SamplesGenerator(strategy=ours.strategy, prompts_dataloader=ours.prompts_dataloader.loader,
+                             eval_dataloader=None, tokenizer=ours.tokenizer, vllm_engines=engines)
+    trainer = SimpleNamespace(samples_generator=stock, prompts_dataloader=stock.prompts_dataloader, max_steps=90)
+    _install_allocating_generator(trainer)
+    assert trainer.max_steps == expected
+    assert isinstance(trainer.samples_generator, AllocatingSamplesGenerator)
+    assert trainer.samples_generator.prompts_dataloader is trainer.prompts_dataloader

@@ -201,3 +201,28 @@ def test_pilot_commit_evicts_and_resumes_with_its_evictions(assets, tmp_path):
     assert resumed["allocator/evicted_prompts"][first_resumed] >= len(evicted)
     final = checkpoint_state(tmp_path / "ckpt", max(resumed["allocator/evicted_prompts"]))["rollout_allocator"]
     assert evicted <= set(final["state"]["evicted"])
+
+
+def test_ray_job_submit_on_a_running_cluster(assets, tmp_path):
+    """``ray job submit ... -- python -m openrlhf_cero.cli.train_ppo_ray ...`` against a
+    cluster started with ``ray start`` (logical GPUs, as CPU mode needs), the way recipes
+    launch on a GPU cluster. The cluster is stopped afterwards."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**cpu_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("OPENRLHF_CERO_CPU")  # the job's runtime env carries it, as a user would pass it
+    start = [ray, "start", "--head", "--port", "6391", "--dashboard-port", "8267", "--dashboard-host", "127.0.0.1",
+             "--include-dashboard", "true", "--num-cpus", "8", "--num-gpus", "4", "--disable-usage-stats"]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        tb_dir = tmp_path / "tb"
+        flags = smoke_flags(assets, tmp_path, **{"logger.tensorboard_dir": tb_dir})
+        submit = [ray, "job", "submit", "--address", "http://127.0.0.1:8267", "--runtime-env-json",
+                  '{"env_vars": {"OPENRLHF_CERO_CPU": "1"}}', "--", sys.executable, "-m",
+                  "openrlhf_cero.cli.train_ppo_ray", *map(str, flags), "--rollout_allocator", "unequal_test"]
+        result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+        logged = scalars(tb_dir)
+        assert logged["rollout/num_samples"] == {1: 16.0, 2: 16.0}
+        assert logged["allocator/samples_per_prompt_max"][1] == 6.0
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=180)

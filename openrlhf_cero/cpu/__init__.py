@@ -21,6 +21,7 @@ What is stood in, and what CPU mode cannot catch, is in docs/cpu.md.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -178,12 +179,13 @@ def ray_init_kwargs(num_gpus: int = DEFAULT_LOGICAL_GPUS, num_cpus: int = DEFAUL
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
         "PYTHONPATH": _worker_pythonpath(),
     }
-    return {
-        "num_cpus": num_cpus,
-        "num_gpus": num_gpus,
-        "include_dashboard": False,
-        "runtime_env": {
-            "env_vars": env_vars,
-            "worker_process_setup_hook": "openrlhf_cero.cpu.setup_ray_worker",
-        },
-    }
+    # Under ``ray job submit`` Ray refuses a ray.init runtime env that repeats a key of the
+    # job's own; the job's values reach the workers anyway, so those keys are left out.
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
+    env_vars = {key: value for key, value in env_vars.items() if key not in job_env.get("env_vars", {})}
+    runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "openrlhf_cero.cpu.setup_ray_worker"}
+    if os.environ.get("RAY_ADDRESS"):
+        # A running cluster (``ray start``, ``ray job submit``): its resources are set there,
+        # e.g. ``ray start --head --num-cpus 8 --num-gpus 4``; only the runtime env is ours.
+        return {"runtime_env": runtime_env}
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "include_dashboard": False, "runtime_env": runtime_env}

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from openrlhf_cero.allocators import AllocatorError, RolloutAllocator, allocator_class, create_allocator
-from openrlhf_cero.allocators.base import GROUP_ESTIMATORS
 from openrlhf_cero.allocators.registry import available_allocators, registered_allocators
 
 
@@ -132,9 +131,6 @@ def check_launch(args: SimpleNamespace) -> RolloutAllocator:
             "global), but OpenRLHF's schedules and batch sizes need the same total every step; use the step "
             "budget mode in training (global mode is for the simulator)"
         )
-    estimator = args.algo.advantage.estimator
-    if estimator in GROUP_ESTIMATORS and allocator.min_samples < 2:
-        raise AllocatorError(f"--allocator.min_samples must be >= 2 with --algo.advantage.estimator {estimator}")
     batch = args.rollout.batch_size
     total = batch * args.rollout.n_samples_per_prompt
     generate_batch = getattr(args.rollout, "vllm_generate_batch_size", None) or batch

@@ -24,6 +24,21 @@ def _mean_curve(runs: list[RunRecord], values: str, grid: np.ndarray) -> tuple[n
     return curves.mean(axis=0), curves.std(axis=0)
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(scenario: Scenario, records: dict[str, list[RunRecord]], out_dir: Path, prefix: str) -> list[Path]:
     """Three figures: pass rate vs cumulative rollouts, allocation histograms, zero-variance share."""
     plt = _pyplot()
@@ -41,14 +56,9 @@ def plot_all(scenario: Scenario, records: dict[str, list[RunRecord]], out_dir: P
             ax.fill_between(grid, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
         if (label == "train") == (scenario.metric == "train"):
             ax.axhline(scenario.target, color="grey", ls="--", lw=0.8, label=f"target {scenario.target:g}")
-        ax.set_xlabel("cumulative rollouts drawn")
-        ax.set_ylabel(f"mean {label} pass rate")
-        ax.legend(fontsize=8)
+        _label(ax, "cumulative rollouts drawn", f"mean {label} pass rate")
     fig.suptitle(f"{scenario.name}: pass rate vs rollouts (mean ± SD over seeds)")
-    fig.tight_layout()
-    paths.append(out_dir / f"{prefix}_pass_rate.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out_dir / f"{prefix}_pass_rate.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(len(records), 1)
@@ -57,14 +67,8 @@ def plot_all(scenario: Scenario, records: dict[str, list[RunRecord]], out_dir: P
         share = counts / max(counts.sum(), 1.0)
         sizes = np.arange(share.size)
         ax.bar(sizes + (j - (len(records) - 1) / 2) * width, share, width=width, label=name)
-    ax.set_xlabel("rollouts in a trained group")
-    ax.set_ylabel("share of trained groups")
-    ax.set_title(f"{scenario.name}: allocation histogram")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"{prefix}_allocation.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    _label(ax, "rollouts in a trained group", "share of trained groups", f"{scenario.name}: allocation histogram")
+    paths.append(_save(plt, fig, out_dir / f"{prefix}_allocation.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, runs in records.items():
@@ -75,12 +79,7 @@ def plot_all(scenario: Scenario, records: dict[str, list[RunRecord]], out_dir: P
             smooth = np.convolve(np.nan_to_num(zv), np.ones(window) / window, mode="valid")
             curves.append(np.interp(grid, r.cum_rollouts[window:], smooth))
         ax.plot(grid, np.mean(curves, axis=0), label=name)
-    ax.set_xlabel("cumulative rollouts drawn")
-    ax.set_ylabel("zero-variance share of trained groups")
-    ax.set_title(f"{scenario.name}: zero-variance groups (one-epoch moving mean)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"{prefix}_zero_variance.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    _label(ax, "cumulative rollouts drawn", "zero-variance share of trained groups",
+           f"{scenario.name}: zero-variance groups (one-epoch moving mean)")
+    paths.append(_save(plt, fig, out_dir / f"{prefix}_zero_variance.png"))
     return paths

@@ -170,3 +170,58 @@ def test_observation_targets_are_finite_at_all_or_nothing():
     y, noise = observation_targets(np.array([0.0, 8.0, 4.0]), np.array([8, 8, 8]), 1.0)
     assert np.all(np.isfinite(y)) and np.all(noise > 0)
     np.testing.assert_allclose(y, logit(np.array([0.5 / 9, 8.5 / 9, 0.5])))
+
+
+@pytest.mark.parametrize("noise_scale", [1.0, 0.0])
+def test_a_prompt_repeated_in_a_batch_is_one_pooled_observation(noise_scale):
+    """OpenRLHF data sets repeat prompts: two rows of one prompt update the GP exactly as
+    one row with their successes and trials added (binomial counts pool), and the update
+    never fails, even with ``noise_scale`` 0 (which made ``K + Sigma`` singular)."""
+    rng = np.random.default_rng(3)
+    x = _unit_rows(rng, 6, 4)
+    ids = np.arange(6, dtype=np.uint64)
+    successes, trials = np.array([1.0, 2, 0, 4, 3, 1]), np.array([4.0, 4, 4, 8, 6, 2])
+    repeated = np.r_[ids, ids[[1, 3]]]
+    once, twice = _gp(4, noise_scale=noise_scale), _gp(4, noise_scale=noise_scale)
+    once.update(
+        ids, x, once.predict(ids, x), successes + np.isin(ids, [1, 3]) * successes, trials + np.isin(ids, [1, 3]) * trials
+    )
+    x_rep = x[repeated.astype(int)]
+    twice.update(repeated, x_rep, twice.predict(repeated, x_rep), successes[repeated.astype(int)], trials[repeated.astype(int)])
+    np.testing.assert_allclose(twice.win_alpha, once.win_alpha, rtol=1e-9, atol=1e-12)
+    assert twice.anchors.keys() == once.anchors.keys()
+    for pid in once.anchors:
+        assert twice.anchors[pid][0] == pytest.approx(once.anchors[pid][0], abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_distinct_prompts_with_equal_features_factorise_with_jitter(dtype):
+    """Different prompts whose features coincide (texts the featuriser cannot tell apart)
+    with interpolating noise cannot be pooled (they are different prompts): the update
+    still factorises, and the posterior stays finite and between the observed rates."""
+    rng = np.random.default_rng(4)
+    row = _unit_rows(rng, 1, 8)
+    x = np.repeat(row, 3, axis=0)
+    ids = np.array([10, 11, 12], dtype=np.uint64)
+    gp = _gp(8, noise_scale=0.0, dtype=dtype)
+    gp.update(ids, x, gp.predict(ids, x), np.array([1.0, 7.0, 4.0]), np.array([8.0, 8.0, 8.0]))
+    assert np.all(np.isfinite(gp.win_alpha))
+    low, high = observation_targets(np.array([1.0, 7.0]), np.array([8.0, 8.0]), 0.0)[0]
+    for pid in ids.tolist():
+        assert low - 1e-6 <= gp.anchors[pid][0] <= high + 1e-6
+
+
+def test_cholesky_jitter_grows_until_the_factorisation_succeeds():
+    """Rounding in single precision can leave an off-diagonal entry above the diagonal for
+    two rows with equal features (what BLAS kernels like OpenBLAS's Haswell one produce):
+    the matrix is then not positive definite; the factor is found with a small jitter."""
+    from openrlhf_cero.allocators.vip_gp import _cholesky_with_jitter
+
+    kernel = np.array([[1.0, 1.0 + 2e-6], [1.0 + 2e-6, 1.0]], dtype=np.float32)
+    diagonal = np.full(2, 1e-6, dtype=np.float32)
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky((kernel + np.diag(diagonal)).astype(np.float64))
+    factor, lower = _cholesky_with_jitter(kernel, diagonal)
+    rebuilt = np.tril(factor) @ np.tril(factor).T
+    assert np.all(np.isfinite(rebuilt))
+    np.testing.assert_allclose(rebuilt, kernel, atol=2e-3)  # jitter well below the kernel's unit scale

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-# Added to the noise variance on the kernel diagonal so that duplicated prompts in one
-# update keep the system positive definite.
+# Added to the noise variance on the kernel diagonal: the first step of the jitter that
+# keeps ``K + Sigma`` factorisable when distinct prompts have (nearly) equal features.
 JITTER = 1e-6
 NO_ANCHOR = -1  # update index of prompts without an anchor
 
@@ -167,34 +167,37 @@ class SequentialLogitGP:
         trials: np.ndarray,
     ) -> None:
         """One GP regression step on a batch's outcomes, with ``prior`` (this batch's prediction
-        from ``predict``, made before any other update) as the prior mean."""
-        observed = np.asarray(trials) > 0
+        from ``predict``, made before any other update) as the prior mean.
+
+        A prompt that appears several times in the batch (OpenRLHF data sets often repeat
+        prompts) is one observation of one latent logit: its successes and trials are pooled
+        first, which is exact for binomial counts. Two rows with the same input would otherwise
+        make ``K + Sigma`` singular when the noise is small (``noise_scale`` 0 interpolates)."""
+        rows, successes, trials = _pool_repeated_prompts(prompt_ids, successes, trials)
         targets, noise = observation_targets(successes, trials, self.noise_scale)
         self.updates += 1
         step = self.updates
-        usable = observed & prior.has_features if features is not None else np.zeros_like(observed)
-        posterior = prior.logits.copy()
+        usable = prior.has_features[rows] if features is not None else np.zeros(rows.size, dtype=bool)
+        posterior = prior.logits[rows].copy()
         if usable.any():
-            x = features[usable].astype(self.dtype)
-            residual = targets[usable] - prior.logits[usable]
+            x = features[rows[usable]].astype(self.dtype)
+            residual = targets[usable] - posterior[usable]
             diagonal = noise[usable] + JITTER
             # Single precision halves the Cholesky's cost and is accurate to ~1e-4 in alpha while
             # the noise keeps K + Sigma well conditioned (eigenvalues >= min noise, <= batch size);
             # near-interpolation (tiny noise) and the float64 mode factor in double precision.
             solve_dtype = np.float32 if self.dtype == np.float32 and diagonal.min() >= 1e-2 else np.float64
             kernel = rbf_from_unit_features(x, x, self.length_scale)
-            gram = kernel.astype(solve_dtype)  # a copy: the kernel itself is needed below
-            gram[np.diag_indices_from(gram)] += diagonal.astype(solve_dtype)
-            factor = cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
+            factor = _cholesky_with_jitter(kernel.astype(solve_dtype), diagonal.astype(solve_dtype))
             alpha = cho_solve(factor, residual.astype(solve_dtype), check_finite=False).astype(np.float64)
             posterior[usable] += kernel @ alpha.astype(kernel.dtype)
-            self._append_window(features[usable].astype(self.dtype), alpha, step)
+            self._append_window(x, alpha, step)
         # Prompts without features: a scalar Kalman step of their own anchor (unit prior variance).
-        lone = observed & ~usable
+        lone = ~usable
         if lone.any():
             gain = 1.0 / (1.0 + noise[lone])
-            posterior[lone] += gain * (targets[lone] - prior.logits[lone])
-        for pid, value in zip(prompt_ids[observed].tolist(), posterior[observed].tolist()):
+            posterior[lone] += gain * (targets[lone] - posterior[lone])
+        for pid, value in zip(prompt_ids[rows].tolist(), posterior.tolist()):
             self.anchors[pid] = (value, step)
 
     def _append_window(self, features: np.ndarray, alpha: np.ndarray, step: int) -> None:
@@ -231,6 +234,50 @@ class SequentialLogitGP:
             int(i): (float(v), int(u))
             for i, v, u in zip(state["anchor_ids"], state["anchor_logits"], state["anchor_updates"])
         }
+
+
+def _pool_repeated_prompts(
+    prompt_ids: np.ndarray, successes: np.ndarray, trials: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observed prompts once each, in order of first appearance: (row of the first
+    occurrence, pooled successes, pooled trials)."""
+    successes = np.asarray(successes, dtype=np.float64)
+    trials = np.asarray(trials, dtype=np.float64)
+    observed = np.flatnonzero(trials > 0)
+    _, first, inverse = np.unique(prompt_ids[observed], return_index=True, return_inverse=True)
+    if first.size == observed.size:
+        return observed, successes[observed], trials[observed]
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    group = rank[inverse.reshape(-1)]
+    pooled_successes = np.bincount(group, weights=successes[observed], minlength=order.size)
+    pooled_trials = np.bincount(group, weights=trials[observed], minlength=order.size)
+    return observed[first[order]], pooled_successes, pooled_trials
+
+
+def _cholesky_with_jitter(kernel: np.ndarray, diagonal: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Cholesky factor of ``kernel + diag(diagonal)``, adding jitter that grows tenfold
+    until the factorisation succeeds.
+
+    Pooling repeated prompt ids removes exact duplicates, but two *different* prompts can
+    still have (nearly) the same features (e.g. texts that differ only in what the
+    featuriser ignores); with little noise the matrix is then singular up to rounding, and
+    whether the factorisation passes depends on the BLAS kernel (it failed under
+    ``OPENBLAS_CORETYPE=Haswell``). A jitter of 1e-6 relative to the kernel's unit diagonal
+    changes the posterior mean far below the noise of a handful of rollouts; it is the
+    standard remedy (Rasmussen & Williams, Gaussian Processes for ML, 2006, sec. A.4)."""
+    jitter = 0.0
+    for _ in range(8):
+        gram = kernel.copy()
+        gram[np.diag_indices_from(gram)] += diagonal + gram.dtype.type(jitter)
+        try:
+            return cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            jitter = max(jitter * 10.0, JITTER)
+    gram = kernel.astype(np.float64)  # last resort: double precision with a large jitter
+    gram[np.diag_indices_from(gram)] += diagonal + 1e-1
+    return cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
 
 
 def _encode(array: np.ndarray) -> str:

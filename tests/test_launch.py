@@ -6,11 +6,24 @@ real OpenRLHF 0.11.2 argument parsing and validation, stopping before Ray starts
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from openrlhf_cero.cli.train_ppo_ray import main
 from openrlhf_cero.openrlhf.flags import add_allocator_arguments, allocator_settings
 from openrlhf_cero.openrlhf.stock_main import parse_stock_args
+
+# Launch checks open the reward function and the prompts: both must exist.
+REWARD_FILE = str(Path(__file__).resolve().parents[1] / "recipes" / "math_reward_func.py")
+PROMPTS_FILE = Path(tempfile.mkdtemp(prefix="launch_prompts_")) / "prompts.jsonl"
+PROMPTS_FILE.write_text('{"input": "1+1=", "label": "2"}\n')
 
 BASE = [
     "--actor.model_name_or_path", "some/model",
@@ -18,7 +31,8 @@ BASE = [
     "--rollout.n_samples_per_prompt", "8",
     "--rollout.batch_size", "16",
     "--train.batch_size", "32",
-    "--reward.remote_url", "reward_func.py",
+    "--reward.remote_url", REWARD_FILE,
+    "--data.prompt_dataset", str(PROMPTS_FILE),
 ]
 
 
@@ -77,7 +91,7 @@ def test_bounds_that_exclude_n(capsys):
 
 
 def test_reward_model_without_remote_url(capsys):
-    argv = [a for a in BASE if a not in ("--reward.remote_url", "reward_func.py")]
+    argv = [a for a in BASE if a not in ("--reward.remote_url", REWARD_FILE)]
     with pytest.raises(SystemExit) as info:
         main([*argv, "--rollout_allocator", "unequal_test", "--reward.model_name_or_path", "rm"])
     assert info.value.code == 2 and "--reward.remote_url" in capsys.readouterr().err
@@ -98,3 +112,78 @@ def test_global_budget_mode_is_refused_in_the_trainer(capsys):
     code, err = run(capsys, "--rollout_allocator", "cero", "--allocator.cero.budget_mode", "global",
                     "--allocator.cero.global_budget", "100000", "--allocator.cero.global_steps", "100")
     assert code == 2 and "budget_mode global" in err
+
+
+# ── first contact: no vLLM installed (the README's own .venv), bad input refused at launch ──
+
+def _without_cpu_mode(*argv: str) -> subprocess.CompletedProcess:
+    """The entry point in a fresh process, as a user runs it in the .venv of scripts/setup.sh
+    (no vLLM there) without OPENRLHF_CERO_CPU."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENRLHF_CERO_CPU"}
+    return subprocess.run(
+        [sys.executable, "-m", "openrlhf_cero.cli.train_ppo_ray", *argv],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None and not getattr(
+    importlib.import_module("vllm"), "IS_CPU_STANDIN", False), reason="a real vLLM is installed")
+def test_help_dry_run_and_launch_without_vllm(tmp_path):
+    flags = BASE
+
+    shown = _without_cpu_mode("--help")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "--rollout_allocator" in shown.stdout and "--actor.model_name_or_path" in shown.stdout
+
+    dry = _without_cpu_mode(*flags, "--rollout_allocator", "cero", "--dry_run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "allocator cero" in dry.stdout
+
+    launch = _without_cpu_mode(*flags, "--rollout_allocator", "cero")
+    assert launch.returncode == 2
+    error_lines = [line for line in launch.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and "pip install vllm" in error_lines[0] and "OPENRLHF_CERO_CPU=1" in error_lines[0]
+
+
+@pytest.mark.parametrize("n", ["0", "-2"])
+@pytest.mark.parametrize("estimator", ["group_norm", "reinforce"])
+def test_n_samples_below_one_is_caught_before_openrlhfs_asserts(capsys, n, estimator):
+    code, err = run(capsys, "--rollout.n_samples_per_prompt", n, "--algo.advantage.estimator", estimator)
+    assert code == 2 and f"--rollout.n_samples_per_prompt={n} must be >= 1" in err
+
+
+def test_reward_threshold_nan(capsys):
+    code, err = run(capsys, "--rollout_allocator", "cero", "--allocator.reward_threshold", "nan")
+    assert code == 2 and "--allocator.reward_threshold=nan" in err and "finite" in err
+
+
+def test_options_of_an_allocator_not_selected(capsys):
+    code, err = run(capsys, "--rollout_allocator", "vip", "--allocator.cero.prompt_oversample", "2")
+    assert code == 2 and "--allocator.cero.prompt_oversample" in err and "--rollout_allocator vip" in err
+    code, err = run(capsys, "--allocator.pilot_commit.n_pilot=4")  # uniform by default
+    assert code == 2 and "--allocator.pilot_commit.n_pilot" in err
+
+
+def test_cero_without_skips_that_the_step_loop_cannot_serve(capsys):
+    argv = ["--rollout_allocator", "cero", "--allocator.cero.skip", "false", "--rollout.n_samples_per_prompt", "4",
+            "--train.batch_size", "16"]
+    code, err = run(capsys, *argv)
+    assert code == 2 and "--allocator.cero.prompt_oversample to at most 2" in err
+    main([*BASE, *argv, "--allocator.cero.prompt_oversample", "2", "--dry_run"])
+
+
+def test_reward_file_that_does_not_exist(capsys, tmp_path):
+    missing = tmp_path / "no_such_reward.py"
+    code, err = run(capsys, "--reward.remote_url", str(missing), "--dry_run")
+    assert code == 2 and f"--reward.remote_url {missing}: no such file" in err
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_empty_or_missing_prompt_data(capsys, tmp_path, content):
+    missing = tmp_path / "absent.jsonl"
+    code, err = run(capsys, "--data.prompt_dataset", str(missing), "--dry_run")
+    assert code == 2 and f"--data.prompt_dataset {missing}: no such file" in err
+    empty = tmp_path / ("empty.json" if content == "[]" else "empty.jsonl")
+    empty.write_text(content)
+    code, err = run(capsys, "--data.prompt_dataset", str(empty), "--dry_run")
+    assert code == 2 and "holds no prompts" in err

@@ -40,7 +40,22 @@ Checked at launch when the allocator is not `uniform` (each refusal names the fl
   `--rollout.batch_size` x `--rollout.n_samples_per_prompt`, which every step keeps;
 - `--rollout.vllm_generate_batch_size` is a multiple of `--rollout.batch_size`;
 - the per-step total does not vary (CERO's `--allocator.cero.budget_mode global` is for
-  the simulator).
+  the simulator);
+- the step can be served: an allocator that cannot skip prompts (CERO with
+  `--allocator.cero.skip false`, VIP) gives each prompt it takes at least
+  `--allocator.min_samples` and at most `--allocator.max_samples` rollouts.
+
+Checked at launch with every allocator, `uniform` included, `--dry_run` too:
+
+- `--rollout.n_samples_per_prompt` >= 1 (before OpenRLHF's own checks);
+- `--allocator.reward_threshold` is a finite number;
+- no option of an allocator other than the selected one (`--allocator.cero.*` with
+  `--rollout_allocator vip` is refused);
+- a `--reward.remote_url` or `--train.agent_func_path` .py file exists;
+- a local `--data.prompt_dataset` file or folder exists and a file holds at least one
+  record (Hugging Face data-set names are left to OpenRLHF);
+- without vLLM and without `OPENRLHF_CERO_CPU=1`, `--help` and `--dry_run` still work, and a
+  real launch stops with one line saying what to install or set.
 """
 
 

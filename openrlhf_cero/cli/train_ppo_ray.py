@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from openrlhf_cero.allocators import AllocatorError
 
@@ -20,20 +20,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     from openrlhf_cero import cpu
 
+    launching = not ({"-h", "--help", "--dry_run"} & set(argv))
     if cpu.cpu_mode_requested():
         cpu.install()
+    elif not cpu.vllm_importable():
+        if launching:
+            _fail(
+                "vLLM is not installed, and this command starts real rollout engines: install it with "
+                f"`pip install vllm=={cpu.VLLM_VERSION}` on a GPU machine, or set {cpu.CPU_MODE_ENV}=1 to run on CPU "
+                "with the stand-in engine (docs/cpu.md)"
+            )
+        cpu.use_vllm_standin_for_parsing()  # --help / --dry_run generate nothing
 
-    from openrlhf_cero.openrlhf.flags import check_launch
+    from openrlhf_cero.openrlhf.flags import check_allocator_options_given, check_before_openrlhf, check_launch
     from openrlhf_cero.openrlhf.native import add_plugin_arguments, prepare_hooks
     from openrlhf_cero.openrlhf.stock_main import run_stock_main
 
     def train(args: SimpleNamespace, stock_train: Callable[[SimpleNamespace], None]) -> None:
-        try:
-            allocator = check_launch(args)
-            runtime_hooks = prepare_hooks(args)  # False where OpenRLHF has native hooks (native.py)
-        except AllocatorError as error:
-            print(f"train_ppo_ray: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+        check_allocator_options_given(argv, args.rollout.allocator)
+        allocator = check_launch(args)
+        runtime_hooks = prepare_hooks(args)  # False where OpenRLHF has native hooks (native.py)
         if args.dry_run:
             print(f"dry run: flags are valid; allocator {allocator.name} {allocator.state_dict()['settings']}")
             return
@@ -48,7 +54,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ray.init(**cpu.ray_init_kwargs())
         stock_train(args)
 
-    run_stock_main(argv, add_arguments=add_plugin_arguments, train=train)
+    try:
+        run_stock_main(argv, add_arguments=add_plugin_arguments, train=train, check_parsed=check_before_openrlhf)
+    except AllocatorError as error:
+        _fail(str(error))
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, argparse's exit status for bad input."""
+    print(f"train_ppo_ray: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,15 @@ from typing import Any
 
 from openrlhf_cero.cpu.paths import PACKAGE_PARENT_DIR, VLLM_STANDIN_DIR, torch_extensions_dir
 
-__all__ = ["cpu_mode_requested", "install", "installed", "ray_init_kwargs", "setup_ray_worker"]
+__all__ = [
+    "cpu_mode_requested",
+    "install",
+    "installed",
+    "ray_init_kwargs",
+    "setup_ray_worker",
+    "use_vllm_standin_for_parsing",
+    "vllm_importable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,9 @@ DEFAULT_PROCESS_SEED = "67280421310721"
 DEFAULT_LOGICAL_GPUS = 4
 DEFAULT_LOGICAL_CPUS = 8
 
+# The vLLM release OpenRLHF 0.11.2 pins, whose API the stand-in mimics.
+VLLM_VERSION = "0.29.0"
+
 _installed = False
 
 
@@ -55,6 +66,19 @@ def cpu_mode_requested() -> bool:
 
 def installed() -> bool:
     return _installed
+
+
+def vllm_importable() -> bool:
+    """Whether ``import vllm`` would succeed (a real vLLM, or the stand-in once installed)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def use_vllm_standin_for_parsing() -> None:
+    """Let OpenRLHF's launcher module import without vLLM (and without flash-attn's CUDA
+    kernels), for ``--help`` and ``--dry_run``, which generate nothing. Unlike
+    :func:`install`, this patches no CUDA call: a real launch still needs vLLM or CPU mode."""
+    _put_vllm_standin_on_path()
+    _stub_flash_attn_kernels()
 
 
 def _put_vllm_standin_on_path() -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Sequence
 
 from openrlhf_cero.allocators import AllocatorError, RolloutAllocator, allocator_class, create_allocator
 from openrlhf_cero.allocators.registry import available_allocators, registered_allocators
+from openrlhf_cero.openrlhf.launch_inputs import check_launch_inputs
 
 
 def add_allocator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +82,26 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def check_before_openrlhf(parsed: argparse.Namespace) -> None:
+    """Checks that must run before OpenRLHF's own, whose bare ``assert``s report these values
+    misleadingly (with ``reinforce``, n = 0 fails as "the number of sample batches ...")."""
+    n = getattr(parsed, "rollout.n_samples_per_prompt")
+    if n < 1:
+        raise AllocatorError(f"--rollout.n_samples_per_prompt={n} must be >= 1 (rollouts drawn per prompt)")
+
+
+def check_allocator_options_given(argv: Sequence[str], name: str) -> None:
+    """Refuse options of an allocator other than the selected one: they would do nothing,
+    and a user who typed them believes they do."""
+    for token in argv:
+        parts = token.split("=", 1)[0].split(".")
+        if len(parts) == 3 and parts[0] == "--allocator" and parts[1] in registered_allocators() and parts[1] != name:
+            raise AllocatorError(
+                f"{parts[0]}.{parts[1]}.{parts[2]} is an option of --rollout_allocator {parts[1]}, but this run uses "
+                f"--rollout_allocator {name}; drop the option or select {parts[1]}"
+            )
+
+
 def allocator_settings(args: SimpleNamespace) -> tuple[str, dict[str, Any]]:
     """Name and constructor keywords of the allocator the (hierarchized) args ask for."""
     name = args.rollout.allocator
@@ -114,6 +135,7 @@ def check_launch(args: SimpleNamespace) -> RolloutAllocator:
     """
     allocator = allocator_from_args(args)
     name = allocator.name
+    check_launch_inputs(args)
     remote_rewards = bool(getattr(args.reward, "remote_url", None)) or bool(
         getattr(args.train, "agent_func_path", None)
     )
@@ -145,6 +167,7 @@ def check_launch(args: SimpleNamespace) -> RolloutAllocator:
             f"--rollout.batch_size x --rollout.n_samples_per_prompt = {total} samples with --rollout_allocator "
             f"{name}; change --train.batch_size (or the rollout batch size)"
         )
+    allocator.check_step(total)  # e.g. CERO without skips, whose prompts need min_samples each
     micro = args.rollout.micro_batch_size
     if total % micro:
         raise AllocatorError(

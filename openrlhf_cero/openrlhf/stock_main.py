@@ -37,8 +37,12 @@ def run_stock_main(
     *,
     add_arguments: Callable[[argparse.ArgumentParser], None],
     train: Callable[[SimpleNamespace, TrainFn], None],
+    check_parsed: Callable[[argparse.Namespace], None] | None = None,
 ) -> None:
-    """Parse and check ``argv`` as OpenRLHF does, then call ``train(args, stock_train)``."""
+    """Parse and check ``argv`` as OpenRLHF does, then call ``train(args, stock_train)``.
+
+    ``check_parsed`` sees the flat parsed flags before OpenRLHF's own checks (its bare
+    ``assert``s), for values those checks would report misleadingly."""
     spec = importlib.util.find_spec(STOCK_MODULE)
     source = spec.loader.get_source(STOCK_MODULE)
     tree = ast.parse(source, spec.origin)
@@ -55,7 +59,10 @@ def run_stock_main(
     class ParserWithOurFlags(argparse.ArgumentParser):
         def parse_args(self, args=None, namespace=None):
             add_arguments(self)
-            return super().parse_args(list(argv) if args is None else args, namespace)
+            parsed = super().parse_args(list(argv) if args is None else args, namespace)
+            if check_parsed is not None:
+                check_parsed(parsed)
+            return parsed
 
     namespace["argparse"] = SimpleNamespace(**{**vars(argparse), "ArgumentParser": ParserWithOurFlags})
     namespace["train"] = lambda args: train(args, stock_train)

@@ -1,6 +1,6 @@
 """Rollout allocators: pure numpy/scipy, no torch, Ray or OpenRLHF (see base.py for the contract)."""
 
-from openrlhf_cero.allocators.base import AllocatorError, RolloutAllocator
+from openrlhf_cero.allocators.base import AllocatorError, DamagedStateError, RolloutAllocator
 from openrlhf_cero.allocators.ids import prompt_id, prompt_ids
 from openrlhf_cero.allocators.registry import (
     allocator_class,
@@ -11,6 +11,7 @@ from openrlhf_cero.allocators.registry import (
 
 __all__ = [
     "AllocatorError",
+    "DamagedStateError",
     "RolloutAllocator",
     "allocator_class",
     "available_allocators",

@@ -50,6 +50,14 @@ def add_allocator_arguments(parser: argparse.ArgumentParser) -> None:
         help="count a reward > T as a success; needed when rewards leave [0, 1]",
     )
     group.add_argument(
+        "--allocator.fresh_on_resume",
+        type=_parse_bool,
+        default=False,
+        metavar="{true,false}",
+        help="with --ckpt.load_enable: restore the model, optimizer and data position but start the allocator "
+        "fresh (e.g. after a damaged allocator state)",
+    )
+    group.add_argument(
         "--dry_run",
         action="store_true",
         default=False,

@@ -65,6 +65,11 @@ def prepare_hooks(args: SimpleNamespace) -> bool:
 
     name = args.rollout.allocator
     if openrlhf_is_natively_hooked():
+        if args.allocator.fresh_on_resume:
+            raise AllocatorError(
+                "--allocator.fresh_on_resume is a flag of the plugin's runtime hooks; an OpenRLHF with patches/ "
+                "applied restores the allocator itself: resume from another checkpoint instead"
+            )
         _, settings = allocator_settings(args)
         given = json.loads(getattr(args.rollout, "allocator_kwargs", None) or "{}")
         args.rollout.allocator_kwargs = json.dumps({**settings, **given})

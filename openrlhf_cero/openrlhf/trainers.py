@@ -45,7 +45,12 @@ def _install_allocating_generator(owner) -> None:
     prompts_per_step = allocator.prompts_wanted(budget)
     if prompts_per_step > args.rollout.batch_size:  # never for uniform: OpenRLHF's value stays
         owner.max_steps = max(1, math.ceil(owner.max_steps * args.rollout.batch_size / prompts_per_step))
-    owner.prompts_dataloader = AllocatorCheckpointingLoader(owner.prompts_dataloader, allocator)
+    owner.prompts_dataloader = AllocatorCheckpointingLoader(
+        owner.prompts_dataloader,
+        allocator,
+        checkpoint_dir=args.ckpt.path,
+        fresh_on_resume=args.allocator.fresh_on_resume,
+    )
     owner.samples_generator = AllocatingSamplesGenerator(
         strategy=stock.strategy,
         prompts_dataloader=owner.prompts_dataloader,

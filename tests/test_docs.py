@@ -235,3 +235,13 @@ def test_python_example_in_the_readme_runs():
     assert blocks
     for source in blocks:
         exec(compile(source, "README.md", "exec"), {})
+
+
+def test_docs_cite_only_what_the_repository_or_the_public_has():
+    """Docs and code cite papers (docs/sources.md) and the project's own docs, never a
+    design file that is not in the repository."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "openrlhf_cero").rglob("*.py"))]
+    citing = [str(f.relative_to(root)) for f in files if re.search(r"\bDESIGN(\.md| §| section| \d)", f.read_text())]
+    assert not citing
+    assert (root / "docs" / "sources.md").is_file()

@@ -1,4 +1,4 @@
-"""The simulator's model: gradient signal, initial pass rates, calibration to DESIGN 7."""
+"""The simulator's model: gradient signal, initial pass rates, calibration to docs/sources.md section 3."""
 
 import numpy as np
 import pytest
@@ -88,7 +88,7 @@ def test_pure_beta_fit_falls_just_short_of_published_shares():
 
 
 def test_training_dynamics_match_published_run():
-    """Uniform n=8 on the deepscaler preset, ~50 visits per prompt: every figure of DESIGN 7
+    """Uniform n=8 on the deepscaler preset, ~50 visits per prompt: every figure of docs/sources.md section 3
     within its stated tolerance (PUBLISHED)."""
     measured = calibration_report(make_scenario("deepscaler"), seed=0)
     misses = {k: (v, PUBLISHED[k]) for k, v in measured.items() if k in PUBLISHED and not PUBLISHED[k].accepts(v)}

@@ -6,7 +6,7 @@
   byte-level BPE tokenizer (vocab 320) trained locally with ``tokenizers``;
 * ``OUT_DIR/prompts.jsonl``: math-like questions, fields ``input`` and ``label``;
   each label carries a latent pass rate drawn from Beta(0.35, 0.68), the fit of
-  initial pass rates of Qwen2.5-Math-1.5B on DeepScaleR prompts (DESIGN.md §7);
+  initial pass rates of Qwen2.5-Math-1.5B on DeepScaleR prompts (docs/sources.md section 3);
 * ``OUT_DIR/reward_func.py``: the STAND-IN reward of :mod:`.stand_in_reward` for
   ``--reward.remote_url`` (a hash of the response text against that pass rate).
 
@@ -36,7 +36,7 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
-# Beta(a, b) of initial per-prompt pass rates (DESIGN.md §7 calibration).
+# Beta(a, b) of initial per-prompt pass rates (docs/sources.md section 3).
 PASS_RATE_BETA = (0.35, 0.68)
 
 

@@ -1,4 +1,4 @@
-"""The simulator against the published figures of DESIGN section 7.
+"""The simulator against the published figures of docs/sources.md section 3.
 
 ``PUBLISHED`` holds each figure with the tolerance we accept and the source; the
 tests and docs/simulator.md use :func:`calibration_report`, so the claim "calibrated"
@@ -27,16 +27,16 @@ class Figure:
         return self.low - self.tolerance <= value <= self.high + self.tolerance
 
 
-# Qwen2.5-Math-1.5B on DeepScaleR, GRPO n=8, 500 steps, ~50 visits per prompt (DESIGN 7, 1).
+# Qwen2.5-Math-1.5B on DeepScaleR, GRPO n=8, 500 steps, ~50 visits per prompt (docs/sources.md, section 3).
 PUBLISHED: dict[str, Figure] = {
-    "zero_variance_start_n8": Figure(0.45, 0.50, 0.02, "zero-variance groups at n=8, real runs (DESIGN 1)"),
-    "zero_variance_start_n16": Figure(0.35, 0.40, 0.02, "zero-variance groups at n=16 (DESIGN 1)"),
-    "zero_variance_start_n64": Figure(0.20, 0.25, 0.02, "zero-variance groups at n=64 (DESIGN 1)"),
-    "initial_mean_pass_rate": Figure(0.34, 0.34, 0.02, "mean of the fitted Beta(0.35, 0.68) (DESIGN 7)"),
-    "never_solved_share": Figure(0.08, 0.08, 0.03, "prompts never solved over the run (DESIGN 7)"),
-    "mean_rise_per_visit": Figure(0.0024, 0.003, 0.001, "+0.003 per visit; 0.34 -> 0.46 over ~50 visits (DESIGN 7)"),
-    "drift_sd_per_visit": Figure(0.011, 0.011, 0.01, "SD of the latent pass-rate change per visit (DESIGN 7)"),
-    "zero_variance_end_n8": Figure(0.45, 0.50, 0.03, "zero-variance share at n=8 at the end of the run (DESIGN 7)"),
+    "zero_variance_start_n8": Figure(0.45, 0.50, 0.02, "zero-variance groups at n=8, real runs (docs/sources.md)"),
+    "zero_variance_start_n16": Figure(0.35, 0.40, 0.02, "zero-variance groups at n=16 (docs/sources.md)"),
+    "zero_variance_start_n64": Figure(0.20, 0.25, 0.02, "zero-variance groups at n=64 (docs/sources.md)"),
+    "initial_mean_pass_rate": Figure(0.34, 0.34, 0.02, "mean of the fitted Beta(0.35, 0.68) (docs/sources.md)"),
+    "never_solved_share": Figure(0.08, 0.08, 0.03, "prompts never solved over the run (docs/sources.md)"),
+    "mean_rise_per_visit": Figure(0.0024, 0.003, 0.001, "+0.003 per visit; 0.34 -> 0.46 over ~50 visits (docs/sources.md)"),
+    "drift_sd_per_visit": Figure(0.011, 0.011, 0.01, "SD of the latent pass-rate change per visit (docs/sources.md)"),
+    "zero_variance_end_n8": Figure(0.45, 0.50, 0.03, "zero-variance share at n=8 at the end of the run (docs/sources.md)"),
 }
 
 

@@ -3,7 +3,7 @@
 A scenario fixes everything the simulator needs besides the allocator and the seed:
 the difficulty mix of the prompts, the dataset, the batch and group sizes, the
 learning dynamics and the target the benchmark measures. Presets are calibrated to
-the published figures in DESIGN section 7 (see docs/simulator.md for which figure set
+the published figures in docs/sources.md section 3 (see docs/simulator.md for which figure set
 which parameter); any field can be overridden from a JSON/YAML mapping or file.
 """
 
@@ -112,7 +112,7 @@ class Scenario:
         return self
 
 
-# DeepScaleR / Qwen2.5-Math-1.5B, GRPO n=8 (DESIGN 7): the calibration anchor.
+# DeepScaleR / Qwen2.5-Math-1.5B, GRPO n=8 (docs/sources.md): the calibration anchor.
 _DEEPSCALER = Scenario(name="deepscaler")
 
 PRESETS: dict[str, Scenario] = {
@@ -121,7 +121,7 @@ PRESETS: dict[str, Scenario] = {
     "hard": dataclasses.replace(
         _DEEPSCALER, name="hard", difficulty=((1.0, 0.25, 1.0),), unsolvable_share=0.05, target=0.27
     ),
-    # Easy set (GSM8K / Qwen3-1.7B, DESIGN 7): all-correct groups climb from ~0.15 fast.
+    # Easy set (GSM8K / Qwen3-1.7B, docs/sources.md): all-correct groups climb from ~0.15 fast.
     "easy": dataclasses.replace(
         _DEEPSCALER,
         name="easy",

@@ -187,3 +187,8 @@ def test_empty_or_missing_prompt_data(capsys, tmp_path, content):
     empty.write_text(content)
     code, err = run(capsys, "--data.prompt_dataset", str(empty), "--dry_run")
     assert code == 2 and "holds no prompts" in err
+
+
+def test_max_samples_that_leaves_no_prompt(capsys):
+    code, err = run(capsys, "--data.max_samples", "0", "--dry_run")
+    assert code == 2 and "--data.max_samples=0 leaves no prompt" in err

@@ -30,7 +30,9 @@ def check_launch_inputs(args: SimpleNamespace) -> None:
     agent = getattr(args.train, "agent_func_path", None)
     if agent and not Path(agent).is_file():
         raise AllocatorError(f"--train.agent_func_path {agent}: no such file; give the path of the agent's .py file")
-    _check_prompt_data(args.data.prompt_dataset, getattr(args.data, "prompt_split", None))
+    _check_prompt_data(args.data.prompt_dataset)
+    if args.data.max_samples < 1:
+        raise AllocatorError(f"--data.max_samples={args.data.max_samples} leaves no prompt to train on; it must be >= 1")
 
 
 def _check_reward_functions(args: SimpleNamespace) -> None:
@@ -47,7 +49,7 @@ def _check_reward_functions(args: SimpleNamespace) -> None:
             )
 
 
-def _check_prompt_data(datasets: str | None, split: str | None) -> None:
+def _check_prompt_data(datasets: str | None) -> None:
     if not datasets:
         raise AllocatorError("--data.prompt_dataset is required: a local .jsonl/.json/.csv/.parquet file, a folder, "
                              "or a Hugging Face data-set name")

@@ -9,11 +9,23 @@ step's samples leave as a :class:`RolloutBatch` that knows its groups.
 
 Evaluation is untouched: ``generate_eval_samples`` keeps OpenRLHF's fixed
 ``eval.n_samples_per_prompt``.
+
+Reward failures. OpenRLHF 0.11.2's rollout actor (``SingleTurnAgentExecutor.execute``)
+catches whatever the ``reward_func`` of ``--reward.remote_url x.py`` (or the HTTP reward
+client) raises, logs ``str(error)`` at INFO and returns the rollout with no reward. The
+generator therefore wraps the actor's reward call once (:func:`_install_reward_probe`,
+through Ray's ``__ray_call__``; the wrapper records the failure with its prompt and
+re-raises, so OpenRLHF's handling is unchanged) and, when a rollout comes back without
+a reward, stops the step with a :class:`RewardError` that names the reward function,
+the exception and the prompt. Rewards the allocator rejects (NaN, outside [0, 1]) are
+reported with the prompt's text, which the allocator never sees.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
+import traceback
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,13 +36,20 @@ from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 from openrlhf.utils.logging_utils import init_logger
 from vllm import SamplingParams
 
-from openrlhf_cero.allocators import RolloutAllocator, prompt_ids
+from openrlhf_cero.allocators import AllocatorError, RolloutAllocator, prompt_id, prompt_ids
 from openrlhf_cero.allocators.step_loop import StepOutcome, run_step
 from openrlhf_cero.openrlhf.rollout_batch import RolloutBatch
 
 logger = init_logger(__name__)
 
 Prompt = Tuple[str, Any, Any]  # (prompt text, label, image or None)
+
+PROMPT_CHARS = 60  # characters of a prompt's text quoted in errors
+
+
+class RewardError(RuntimeError):
+    """A rollout came back from the rollout actors without a reward although rewards come at
+    generation time (``--reward.remote_url`` or an agent): training cannot go on."""
 
 
 class AllocatingSamplesGenerator(SamplesGenerator):
@@ -42,6 +61,7 @@ class AllocatingSamplesGenerator(SamplesGenerator):
         # Prompts an allocator may hand back for a retry (Pilot-Commit's queue), by id.
         self._held: dict[int, Prompt] = {}
         self._fresh_taken = 0
+        self._reward_probe: Optional[bool] = None  # rollout actors' reward calls wrapped (see _install_reward_probe)
 
     # ── one training step ──
 
@@ -129,6 +149,7 @@ class AllocatingSamplesGenerator(SamplesGenerator):
     def _draw(self, prompts: Sequence[Prompt], counts: np.ndarray, **generate_kwargs):
         """Generate ``counts[i]`` rollouts of prompt i; return per prompt (samples, success scores)."""
         chosen = [i for i in range(len(prompts)) if counts[i] > 0]
+        self._watch_reward_calls()
         refs = self._dispatch_prompts_to_vllm(
             [prompts[i][0] for i in chosen],
             [prompts[i][1] for i in chosen],
@@ -140,7 +161,112 @@ class AllocatingSamplesGenerator(SamplesGenerator):
         for i, responses in zip(chosen, ray.get(refs)):
             samples = [self._process_response_into_experience(r, **generate_kwargs) for r in responses]
             results[i] = (samples, _success_scores(samples))
+        self._check_rewards(prompts, results)
         return results
+
+    # ── reward failures, reported with the prompt ──
+
+    def _reward_flags(self) -> Tuple[Any, Any]:
+        """(``--reward.remote_url``, ``--train.agent_func_path``); None where absent."""
+        remote_url = getattr(getattr(self.args, "reward", None), "remote_url", None)
+        return remote_url, getattr(getattr(self.args, "train", None), "agent_func_path", None)
+
+    def _rewards_at_generation(self) -> bool:
+        return any(self._reward_flags())
+
+    def _reward_source(self) -> str:
+        urls, agent = self._reward_flags()
+        if agent:
+            return f"the agent {agent}"
+        urls = [urls] if isinstance(urls, str) else list(urls or [])
+        if urls and str(urls[0]).endswith(".py"):
+            return f"the reward function {urls[0]}"
+        return f"the reward server {','.join(map(str, urls))}"
+
+    def _watch_reward_calls(self) -> None:
+        """Wrap each rollout actor's reward call once, so that a failure is kept with its prompt."""
+        if self._reward_probe is not None:
+            return
+        self._reward_probe = False
+        remote_url, agent = self._reward_flags()
+        if not remote_url or agent:
+            return
+        try:
+            self._reward_probe = any(
+                ray.get([engine.__ray_call__.remote(_install_reward_probe) for engine in self.vllm_engines])
+            )
+        except Exception as error:  # the run goes on; a failure is then reported without its exception
+            logger.warning(f"cannot watch the rollout actors' reward calls: {type(error).__name__}: {error}")
+
+    def _reward_failures(self) -> List[dict]:
+        if not self._reward_probe:
+            return []
+        try:
+            found = ray.get([engine.__ray_call__.remote(_take_reward_failures) for engine in self.vllm_engines])
+        except Exception as error:
+            logger.warning(f"cannot read the rollout actors' reward failures: {type(error).__name__}: {error}")
+            return []
+        return [failure for failures in found for failure in failures]
+
+    def _check_rewards(self, prompts: Sequence[Prompt], results: List[Tuple[list, Any]]) -> None:
+        """Stop on a rollout without a reward (rewards at generation time) and on rewards the
+        allocator rejects, naming the prompt by id and by the start of its text."""
+        if self._rewards_at_generation():
+            missing = [i for i, (samples, _) in enumerate(results) for s in samples if s.rewards is None]
+            if missing:
+                total = sum(len(samples) for samples, _ in results)
+                raise self._missing_reward_error([prompts[i] for i in missing], len(missing), total)
+        drawn = [i for i, (samples, scores) in enumerate(results) if samples and scores is not None]
+        if not drawn:
+            return
+        try:
+            # The allocator's own check (NaN; outside [0, 1] unless --allocator.reward_threshold),
+            # on all prompts at once; ids only name prompts in its message, which is rebuilt below.
+            self.allocator.to_scores(np.zeros(len(drawn), dtype=np.uint64), [results[i][1] for i in drawn])
+            return
+        except AllocatorError as batch_error:
+            error = batch_error
+        for i in drawn:  # only after a failure: find the first faulty prompt
+            text, label, _ = prompts[i]
+            pid = prompt_id(text, label)
+            try:
+                self.allocator.to_scores(np.array([pid], dtype=np.uint64), [results[i][1]])
+            except AllocatorError as prompt_error:
+                raise AllocatorError(
+                    f"{prompt_error} (prompt text: {_quote(text)}; rewards from {self._reward_source()})"
+                ) from None
+        raise error
+
+    def _missing_reward_error(self, missing: Sequence[Prompt], count: int, total: int) -> RewardError:
+        source = self._reward_source()
+        tally = f"{count} of {total} rollouts of this round came back without a reward"
+        failures = self._reward_failures()
+        asked = {(str(text), str(label)) for text, label, _ in missing}
+        failure = next((f for f in failures if (f["prompt"], f["label"]) in asked), None)
+        if failure is None:
+            text, label, _ = missing[0]
+            hint = (
+                "its executor must return a 'reward' for every rollout" if self._reward_flags()[1] else
+                "OpenRLHF's rollout actor catches reward errors and logs them only at INFO level: look for "
+                "'[SingleTurnExecutor] Failed to fetch reward from remote RM' in the rollout actors' output"
+            )
+            pid = prompt_id(text, label)
+            return RewardError(f"{source} gave no reward for prompt {pid} {_quote(text)}; {tally}; {hint}")
+        if failure.get("traceback"):
+            logger.error(f"{source} failed in a rollout actor:\n{failure['traceback']}")
+        pid = prompt_id(failure["prompt"], failure["label"])
+        where = f" (at {failure['where']})" if failure.get("where") else ""
+        if failure.get("error"):
+            what = f"failed on prompt {pid} {_quote(failure['prompt'])}: {failure['error']}{where}"
+        else:
+            what = (
+                f"returned {failure['returned']} for prompt {pid} {_quote(failure['prompt'])}, "
+                "not a dict with a 'rewards' entry"
+            )
+        return RewardError(
+            f"{source} {what}; {tally}. OpenRLHF's rollout actor catches reward errors, logs them only at INFO "
+            "level and leaves the reward empty; training cannot go on without rewards"
+        )
 
     # ── dispatch with one count per prompt ──
 
@@ -191,6 +317,76 @@ def assign_engines(counts: Sequence[int], pending: Sequence[int]) -> List[int]:
         engine_of[i] = engine
         heapq.heappush(heap, (load + counts[i], engine))
     return engine_of
+
+
+def _quote(text: Any, chars: int = PROMPT_CHARS) -> str:
+    """The first ``chars`` characters of a prompt, quoted (``...`` when cut)."""
+    text = str(text)
+    return repr(text[:chars]) + ("..." if len(text) > chars else "")
+
+
+# ── inside the rollout actors (Ray's ``__ray_call__``): keep reward failures with their prompt ──
+
+_FAILURES = "_openrlhf_cero_reward_failures"
+_FAILURES_KEPT = 64
+
+
+def _install_reward_probe(actor: Any) -> bool:
+    """Wrap the reward calls of ``actor.executor`` (OpenRLHF's ``SingleTurnAgentExecutor``) so
+    that each failure (an exception, or a result without ``rewards``) is kept with its prompt;
+    exceptions are re-raised and results returned unchanged, so OpenRLHF handles them as
+    before. Idempotent; False when the executor calls no reward endpoint."""
+    executor = getattr(actor, "executor", None)
+    endpoints = getattr(executor, "reward_endpoints", None)
+    if not endpoints:
+        return False
+    if getattr(executor, _FAILURES, None) is not None:
+        return True
+    failures: collections.deque = collections.deque(maxlen=_FAILURES_KEPT)
+    for name in ("_fetch_rewards_via_func", "_fetch_rewards_via_http"):
+        fetch = getattr(executor, name, None)
+        if fetch is not None:
+            setattr(executor, name, _recording(fetch, failures, str(endpoints[0])))
+    setattr(executor, _FAILURES, failures)
+    return True
+
+
+def _take_reward_failures(actor: Any) -> List[dict]:
+    """The failures kept since the last call (and forget them)."""
+    failures = getattr(getattr(actor, "executor", None), _FAILURES, None)
+    taken = []
+    while failures:  # popleft is atomic: safe while the actor's event loop appends
+        taken.append(failures.popleft())
+    return taken
+
+
+def _recording(fetch, failures: collections.deque, reward_file: str):
+    async def fetch_and_record(queries, prompts, labels):
+        about = {"prompt": str(prompts[0]) if prompts else "", "label": str(labels[0]) if labels else ""}
+        try:
+            result = await fetch(queries, prompts, labels)
+        except Exception as error:
+            stack = traceback.extract_tb(error.__traceback__)
+            ours = [i for i, frame in enumerate(stack) if frame.filename == reward_file]
+            if ours:  # from the reward file's first frame on (not OpenRLHF's and asyncio's)
+                lines = ["Traceback (most recent call last):\n", *traceback.format_list(stack[ours[0]:])]
+                lines += traceback.format_exception_only(error)
+            else:
+                lines = traceback.format_exception(error)
+            last = stack[ours[-1]] if ours else None
+            failures.append({
+                **about,
+                "error": f"{type(error).__name__}: {str(error)[:500]}",
+                "where": f"{last.filename} line {last.lineno}, in {last.name}" if last else "",
+                "traceback": "".join(lines)[-4000:],
+            })
+            raise
+        first = result[0] if result else None
+        if not isinstance(first, dict) or first.get("rewards") is None:
+            failures.append({**about, "returned": repr(first)[:200]})
+        return result
+
+    return fetch_and_record
 
 
 def _success_scores(samples: list) -> Optional[np.ndarray]:

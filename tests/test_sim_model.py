@@ -1,4 +1,5 @@
-"""The simulator's model: gradient signal, initial pass rates, calibration to docs/sources.md section 3."""
+"""The simulator's model: the group gradient, initial pass rates, calibration to docs/sources.md section 3.
+(tests/test_sim_loss.py checks the learning rule against OpenRLHF's own loss.)"""
 
 import numpy as np
 import pytest
@@ -6,49 +7,68 @@ from scipy import stats
 
 from openrlhf_cero.sim.calibration import PUBLISHED, calibration_report, zero_variance_share
 from openrlhf_cero.sim.scenario import make_scenario
-from openrlhf_cero.sim.signal import expected_signal, group_signal
+from openrlhf_cero.sim.signal import (
+    ESTIMATORS,
+    expected_group_gradient,
+    expected_group_gradient_lookup,
+    group_gradient,
+    whitening_factor,
+)
 from openrlhf_cero.sim.world import initial_pass_rates
 
 
-def _grpo_gradient(rewards: np.ndarray, p: float) -> float:
-    """GRPO's gradient on a Bernoulli logit, computed from the advantages themselves."""
-    std = rewards.std()
-    if std == 0:
-        return 0.0
-    advantages = (rewards - rewards.mean()) / std
-    return float(np.mean(advantages * (rewards - p)))
-
-
-def _rloo_gradient(rewards: np.ndarray, p: float) -> float:
+def _advantages(rewards: np.ndarray, estimator: str) -> np.ndarray:
+    """The advantages of shape_rewards, in numpy (unbiased std + 1e-9 for group_norm)."""
     n = rewards.size
-    loo_mean = (rewards.sum() - rewards) / (n - 1)
-    return float(np.mean((rewards - loo_mean) * (rewards - p)))
+    if estimator == "group_norm":
+        return (rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-9)
+    if estimator == "rloo":
+        return rewards - (rewards.sum() - rewards) / (n - 1)
+    return rewards - rewards.mean()
 
 
-def test_group_signal_is_the_estimators_gradient():
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_group_gradient_is_the_sum_over_the_group_of_advantage_times_score(estimator):
     rng = np.random.default_rng(0)
     for _ in range(200):
         n = int(rng.integers(2, 40))
         p = float(rng.random())
         rewards = (rng.random(n) < p).astype(float)
-        k = rewards.sum()
-        assert group_signal(n, k, "group_norm") == pytest.approx(_grpo_gradient(rewards, p), abs=1e-12)
-        assert group_signal(n, k, "rloo") == pytest.approx(_rloo_gradient(rewards, p), abs=1e-12)
+        want = float(np.sum(_advantages(rewards, estimator) * (rewards - p)))
+        assert group_gradient(n, rewards.sum(), estimator) == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
-def test_expected_signal_matches_scipy_binomial():
+def test_whitening_factor_is_one_over_the_steps_advantage_std():
+    sizes, wins = np.array([2, 5, 8, 3]), np.array([1, 0, 3, 3])
+    advantages = np.concatenate([_advantages((np.arange(n) < k).astype(float), "reinforce_baseline") for n, k in zip(sizes, wins)])
+    assert whitening_factor(sizes, wins, "reinforce_baseline") == pytest.approx(1 / advantages.std(), rel=1e-12)
+    assert whitening_factor(sizes, wins, "group_norm") == 1.0
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_expected_group_gradient_matches_scipy_binomial(estimator):
     p = np.array([0.0, 0.02, 0.3, 0.5, 0.97, 1.0])
-    table = expected_signal(p, 24, "group_norm")
+    table = expected_group_gradient(p, 24, estimator)
     for i, pi in enumerate(p):
         for n in (1, 2, 5, 8, 24):
             k = np.arange(n + 1)
-            want = (stats.binom.pmf(k, n, pi) * group_signal(n, k)).sum()
-            assert table[i, n] == pytest.approx(want, abs=1e-12)
-    # GRPO: more rollouts, more expected signal, with diminishing returns; RLOO: unbiased for p(1-p).
-    steps = np.diff(table[:, 2:], axis=1)
-    assert (steps >= -1e-12).all() and (np.diff(steps, axis=1) <= 1e-12).all()
-    rloo = expected_signal(p, 16, "rloo")
-    np.testing.assert_allclose(rloo[:, 2:], np.repeat((p * (1 - p))[:, None], 15, axis=1), atol=1e-12)
+            want = (stats.binom.pmf(k, n, pi) * group_gradient(n, k, estimator)).sum()
+            assert table[i, n] == pytest.approx(want, abs=1e-9)
+    lookup = expected_group_gradient_lookup(np.random.default_rng(3).random(500), 24, estimator)
+    exact = expected_group_gradient(np.random.default_rng(3).random(500), 24, estimator)
+    assert np.abs(lookup - exact).max() <= 1e-5 * exact.max()
+
+
+def test_expected_gradient_per_rollout_rises_with_group_size():
+    """GRPO (token-mean): a rollout in a larger group teaches more on average (fewer
+    zero-variance groups), towards sqrt(p(1-p)); RLOO's is p(1-p) at every n >= 2."""
+    p = np.array([0.02, 0.3, 0.5, 0.97])
+    n = np.arange(2, 33)
+    per_rollout = expected_group_gradient(p, 32, "group_norm")[:, 2:] / n
+    assert (np.diff(per_rollout, axis=1) > 0).all()
+    assert (per_rollout < np.sqrt(p * (1 - p))[:, None] + 1e-9).all()
+    rloo = expected_group_gradient(p, 32, "rloo")[:, 2:] / n
+    np.testing.assert_allclose(rloo, np.repeat((p * (1 - p))[:, None], n.size, axis=1), atol=1e-12)
 
 
 def test_initial_pass_rates_follow_the_fitted_beta():

@@ -1,83 +1,70 @@
-"""``oracle``: a simulator-only allocator that sees the latent pass rates.
+"""``oracle``: a simulator-only allocator that sees the latent state of the simulated policy.
 
-It is the reference each real allocator is measured against: the best one-shot
-allocation of a step's budget, knowing what no real allocator can know. Criterion, per
-step (see docs/simulator.md):
+It is the reference each allocator and baseline is measured against. Each step it is
+offered ``pool_factor`` x the prompts of a step (``prompts_wanted``) and chooses which
+of them to train and how many rollouts each gets, to maximise the expected one-step rise
+of the scenario's own objective (mean train, or held-out, pass rate) under the
+simulator's learning rule (:mod:`openrlhf_cero.sim.world`):
 
-- ``group_norm`` signal: maximise sum_i E[S(n_i; p_i)], the expected gradient signal the
-  simulator itself rewards (S from :mod:`openrlhf_cero.sim.signal`), subject to
-  sum_i n_i = budget and min_samples <= n_i <= max_samples;
-- ``rloo`` signal (expected signal does not depend on n there): minimise the gradient
-  variance sum_i p_i (1 - p_i) / (n_i - 1), VIP's criterion with the true p.
+    maximise  sum_i c_i E[g(n_i; p_i)]   s.t.  sum_i n_i = budget,  n_i in {0} u [min_samples, max_samples]
 
-Both objectives are separable and concave in n_i, so the greedy rule "give the next
-rollout to the largest marginal gain" is optimal; it is done in one vectorised top-k
-over the table of marginal gains.
+- g(n; p) = sum_j A_j (r_j - p), the group's gradient of OpenRLHF's loss
+  (:func:`openrlhf_cero.sim.signal.expected_group_gradient`, exact expectation over
+  Binomial(n, p), read from a fine pass-rate grid);
+- c_i = d objective / d G_i to first order (:meth:`PromptWorld.improvement_weights`):
+  p_i (1 - p_i) lr_self for the prompt itself plus the topic and global transfer it
+  causes, with the true pass rates of every prompt.
 
-It also skips, at no cost, prompts whose group would almost surely be all-correct or
-all-wrong (P[zero variance at n] >= ``skip_zero_variance``, default 0.9), and spends n
-per kept prompt so the step loop refills the rest of the budget with fresh prompts: the
-free version of what filtering allocators (Pilot-Commit) pay pilot rollouts for. Set
-``skip_zero_variance`` to 1 for a one-shot oracle that trains every prompt. It is myopic
-(one step ahead) and cannot see the future effect of a step on later pass rates.
+The step's sample count N_step is the budget whatever the choice, so dividing by it
+changes nothing. The solver (:func:`openrlhf_cero.sim.allocate.best_counts`) is optimal up
+to one partial group. What the oracle leaves out: the effect of a step on later steps (it
+is myopic), and for ``reinforce_baseline`` the dependence of OpenRLHF's whitening factor on
+the allocation.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from openrlhf_cero.allocators.base import RolloutAllocator
-from openrlhf_cero.sim.signal import expected_signal
+from openrlhf_cero.allocators.base import AllocatorError, OptionSpec, RolloutAllocator
+from openrlhf_cero.sim.allocate import best_counts
+from openrlhf_cero.sim.signal import expected_group_gradient_lookup
 
-PassRates = Callable[[np.ndarray], np.ndarray]
+if TYPE_CHECKING:
+    from openrlhf_cero.sim.world import PromptWorld
+
+DEFAULT_POOL_FACTOR = 4.0
 
 
 class OracleAllocator(RolloutAllocator):
     name = "oracle"
+    options = (
+        OptionSpec(
+            "pool_factor", float, DEFAULT_POOL_FACTOR,
+            "prompts offered per step, as a multiple of the step's budget / n; the oracle trains the best of them",
+        ),
+    )
 
-    def __init__(
-        self, *, pass_rates: PassRates, signal: str = "group_norm", skip_zero_variance: float = 0.9, **settings
-    ) -> None:
+    def __init__(self, *, world: "PromptWorld", pool_factor: float = DEFAULT_POOL_FACTOR, **settings) -> None:
         super().__init__(**settings)
-        self._pass_rates = pass_rates
-        self.signal = signal
-        self.skip_zero_variance = float(skip_zero_variance)
+        if not math.isfinite(float(pool_factor)) or float(pool_factor) < 1.0:
+            raise AllocatorError(f"oracle pool_factor={pool_factor!r} must be a number >= 1")
+        self._world = world
+        self.pool_factor = float(pool_factor)
+        self.estimator = world.scenario.signal
 
-    def value_gains(self, p: np.ndarray) -> np.ndarray:
-        """Marginal value of the (min+j+1)-th rollout of each prompt, j = 0..max-min-1."""
-        lo, hi = self.min_samples, self.max_samples
-        if self.signal == "rloo":
-            n = np.arange(lo, hi, dtype=np.float64)  # going from n to n+1 rollouts
-            a = (p * (1.0 - p))[:, None]
-            with np.errstate(divide="ignore"):
-                gain = np.where(n >= 2, a / (n * (n - 1.0)), np.inf * (a > 0))
-            return np.nan_to_num(gain, posinf=1e9)
-        value = expected_signal(p, hi, self.signal)
-        return np.diff(value[:, lo:], axis=1)
+    def prompts_wanted(self, budget: int) -> int:
+        return math.ceil(int(budget) * self.pool_factor / self.n_samples_per_prompt)
+
+    def value_table(self, prompt_ids: np.ndarray) -> np.ndarray:
+        """Expected one-step rise of the objective for n = 0..max_samples rollouts of each prompt
+        (up to the common factor 1 / N_step)."""
+        p = self._world.pass_rates_of(prompt_ids)
+        weight = self._world.improvement_weights(prompt_ids)
+        return weight[:, None] * expected_group_gradient_lookup(p, self.max_samples, self.estimator)
 
     def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
-        self.check_budget(prompt_ids.size, budget)
-        p = self._pass_rates(prompt_ids)
-        n = self.n_samples_per_prompt
-        keep = p**n + (1.0 - p) ** n < self.skip_zero_variance
-        if self.skip_zero_variance >= 1.0 or keep.all():
-            return self._split(p, budget)
-        counts = np.zeros(prompt_ids.size, dtype=np.int64)
-        counts[keep] = self._split(p[keep], min(budget, int(keep.sum()) * n))
-        return counts
-
-    def _split(self, p: np.ndarray, budget: int) -> np.ndarray:
-        size = p.size
-        counts = np.full(size, self.min_samples, dtype=np.int64)
-        extra = budget - counts.sum()
-        if extra <= 0 or self.max_samples == self.min_samples:
-            return counts
-        gains = self.value_gains(p)
-        # Enforce non-increasing gains (exact concavity up to rounding), and among equal gains
-        # prefer the smaller group, so zero-value budget is spread evenly rather than piled up.
-        gains = np.minimum.accumulate(gains, axis=1) - 1e-12 * np.arange(gains.shape[1])[None, :]
-        order = np.argsort(-gains, axis=None, kind="stable")[:extra]
-        counts += np.bincount(order // gains.shape[1], minlength=size)
-        return counts
+        return best_counts(self.value_table(prompt_ids), budget, self.min_samples, self.max_samples)

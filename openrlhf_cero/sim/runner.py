@@ -4,7 +4,10 @@ Every step goes through :func:`openrlhf_cero.allocators.step_loop.run_step`, the
 the OpenRLHF generator runs, so pilot rounds, skipped prompts and refills happen here
 exactly as in training, and every rollout drawn (trained or not) is counted. The
 allocator is reached only through the public contract (``create_allocator``,
-``plan``, ``extend``, ``finish``); new allocators appear without changes here.
+``plan``, ``extend``, ``finish``); new allocators appear without changes here. The
+baselines (:mod:`openrlhf_cero.sim.baselines`) and the oracle run through the same loop;
+a baseline with an ``accept_group`` method (dynamic filtering) filters groups as
+OpenRLHF's dynamic filtering does, through the step loop's ``accept``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from openrlhf_cero.allocators.base import RolloutAllocator
 from openrlhf_cero.allocators.registry import create_allocator
 from openrlhf_cero.allocators.step_loop import run_step
+from openrlhf_cero.sim.baselines import BASELINES
 from openrlhf_cero.sim.oracle import OracleAllocator
 from openrlhf_cero.sim.scenario import Scenario
 from openrlhf_cero.sim.world import PromptWorld
@@ -95,7 +99,9 @@ def build_allocator(
         advantage_estimator=scenario.signal,
     )
     if name == ORACLE:
-        return OracleAllocator(pass_rates=world.pass_rates_of, signal=scenario.signal, **settings, **dict(options or {}))
+        return OracleAllocator(world=world, **settings, **dict(options or {}))
+    if name in BASELINES:
+        return BASELINES[name](**settings, **dict(options or {}))
     return create_allocator(name, **settings, **dict(options or {}))
 
 
@@ -114,6 +120,7 @@ def run_allocator(
     allocator = build_allocator(allocator_name, scenario, seed, world, options)
     stream = EpochStream(world)
     max_cycles = getattr(allocator, "max_cycles", None) or SIM_MAX_CYCLES
+    accept = getattr(allocator, "accept_group", None)
     draw_seconds = 0.0
 
     def draw(handles: list[int], counts: np.ndarray) -> list[tuple[list[None], np.ndarray]]:
@@ -127,18 +134,21 @@ def run_allocator(
     rows = [(0, world.mean_pass_rate("eval") if scenario.eval_size else np.nan, world.mean_pass_rate("train"), 0, 0, 0, 0, 0.0)]
     size_counts = np.zeros(scenario.max_samples + 1, dtype=np.int64)
     cum = 0
+    short_steps = 0  # steps that trained less than the budget or needed the allocator's fallback
     snapshots = [world.pass_rates[: world.n_train].copy()] if keep_snapshots else []
     while cum < scenario.total_rollouts:
         epoch_before = stream.epoch
         draw_seconds = 0.0
         start = time.perf_counter()
-        outcome = run_step(allocator, scenario.step_budget, stream.take, draw, max_cycles=max_cycles)
+        outcome = run_step(allocator, scenario.step_budget, stream.take, draw, accept=accept, max_cycles=max_cycles)
         alloc_seconds = time.perf_counter() - start - draw_seconds
         index = np.fromiter((g.handle for g in outcome.groups), dtype=np.int64, count=len(outcome.groups))
         sizes = np.fromiter((len(g.samples) for g in outcome.groups), dtype=np.int64, count=index.size)
         wins = np.fromiter((g.rewards.sum() for g in outcome.groups), dtype=np.float64, count=index.size)
         mixed = (wins > 0) & (wins < sizes)
         world.train_step(index, sizes, wins)
+        if getattr(outcome, "warning", None) or int(sizes.sum()) < scenario.step_budget:
+            short_steps += 1
         np.add.at(size_counts, np.minimum(sizes, scenario.max_samples), 1)
         cum += outcome.rollouts_drawn
         rows.append(
@@ -175,6 +185,7 @@ def run_allocator(
         prompts_consumed=stream.consumed,
         extra={
             "epochs_started": stream.epoch + 1,
+            "short_steps": short_steps,
             "world_rollouts_drawn": world.rollouts_drawn,
             "never_solved_share": float((world.successes_total[: world.n_train] == 0).mean()),
             "pass_rate_snapshots": np.array(snapshots) if keep_snapshots else None,

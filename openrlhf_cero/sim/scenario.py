@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from openrlhf_cero.allocators.base import GROUP_ESTIMATORS, AllocatorError
+from openrlhf_cero.sim.signal import ESTIMATORS, LOSS_AGG_MODES
 
-SIGNALS = ("group_norm", "rloo")
+SIGNALS = ESTIMATORS  # advantage estimators the simulator models
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,16 @@ class Scenario:
     n: int = 8  # n_samples_per_prompt: the step's budget is batch_size * n
     min_samples: int = 2
     max_samples: int = 32
-    signal: str = "group_norm"  # advantage estimator whose gradient signal the policy follows
+    signal: str = "group_norm"  # --algo.advantage.estimator whose policy gradient the simulated policy follows
+    # --actor.loss_agg_mode: token-mean (OpenRLHF's default) or seq-mean-token-mean. With one token
+    # per sample (the simulator models no response length) both give the same update.
+    loss_agg_mode: str = "token-mean"
     # ── learning dynamics (logit units) ──
-    lr_self: float = 0.028  # own-prompt logit step per unit of group signal
-    lr_cluster: float = 0.0028  # topic-wide step per unit of mean signal of the topic's groups
-    lr_global: float = 0.002  # policy-wide step per unit of mean signal of the step's groups
+    # The step's gradient of OpenRLHF's loss (sim/signal.py) times batch_size, so that a uniform
+    # step moves a prompt by lr_self times its group's per-sample mean gradient.
+    lr_self: float = 0.028  # own-prompt logit step per unit of scaled gradient
+    lr_cluster: float = 0.0028  # topic-wide step per unit of the topic's mean scaled gradient
+    lr_global: float = 0.002  # policy-wide step per unit of the step's mean scaled gradient
     drift_sd: float = 0.10  # random walk of every logit, SD per epoch
     # ── benchmark ──
     metric: str = "train"  # "train" (the calibrated figure) or "eval" (held-out prompts) mean pass rate
@@ -98,6 +104,8 @@ class Scenario:
             raise bad("n", self.n, f"use n <= max_samples={self.max_samples}")
         if self.signal not in SIGNALS:
             raise bad("signal", self.signal, f"choose one of {', '.join(SIGNALS)}")
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise bad("loss_agg_mode", self.loss_agg_mode, f"choose one of {', '.join(LOSS_AGG_MODES)}")
         if self.metric not in ("eval", "train"):
             raise bad("metric", self.metric, "choose 'eval' or 'train'")
         if self.metric == "eval" and self.eval_size < 1:

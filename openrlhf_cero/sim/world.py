@@ -1,16 +1,22 @@
 """The simulated policy: latent pass rates of every prompt and how training moves them.
 
 Each prompt has a latent logit theta (pass rate p = sigmoid(theta)) and a topic. A
-training step moves logits by the gradient signal of the groups it trained
-(:mod:`openrlhf_cero.sim.signal`):
+training step follows the policy gradient of OpenRLHF's loss for a toy policy with one
+logit per prompt (:mod:`openrlhf_cero.sim.signal`): trained group i gives
 
-- own prompt: theta_i += lr_self * S_i
-- its topic: theta_j += lr_cluster * (sum of S over the step's groups of topic c) / (batch_size / clusters)
-- everything: theta_j += lr_global * (sum of S over the step's groups) / batch_size
+    G_i = batch_size * w * sum_{j in group i} A_j (r_j - p_i) / N_step
+
+(N_step: samples the step trains, as the token-mean loss divides by them; w: OpenRLHF's
+whitening factor for reinforce_baseline, else 1; batch_size: a common scale, so a uniform
+step moves a prompt by its group's per-sample mean gradient). Then
+
+- own prompt: theta_i += lr_self * G_i
+- its topic: theta_j += lr_cluster * (sum of G over the step's groups of topic c) / (batch_size / clusters)
+- everything: theta_j += lr_global * (sum of G over the step's groups) / batch_size
 - drift: theta_j += N(0, drift_sd^2 / steps_per_epoch) every step
 
-so zero-variance groups teach nothing, more rollouts in a group give a steadier signal,
-and prompts never visited still move (transfer), as held-out accuracy does in RLVR.
+so zero-variance groups teach nothing, a group teaches in proportion to its size, and
+prompts never visited still move (transfer), as held-out accuracy does in RLVR.
 Unsolvable prompts keep p = 0. Held-out (eval) prompts share the topics but are never
 trained on. Random streams are split per purpose so two allocators run with the same
 seed see the same dataset and the same shuffles.
@@ -23,7 +29,7 @@ from scipy.special import expit, logit
 
 from openrlhf_cero.allocators.ids import prompt_id
 from openrlhf_cero.sim.scenario import Scenario
-from openrlhf_cero.sim.signal import group_signal
+from openrlhf_cero.sim.signal import group_gradient, whitening_factor
 
 _P_FLOOR = 1e-6  # Beta draws below this start at this pass rate (logit -13.8)
 
@@ -97,17 +103,49 @@ class PromptWorld:
 
     # ── learning ──
 
+    def step_gradients(self, sizes: np.ndarray, successes: np.ndarray) -> np.ndarray:
+        """G_i of each trained group (module docstring): the step's gradient of OpenRLHF's loss
+        on each group's logit, times the common scale batch_size."""
+        sc = self.scenario
+        sizes = np.asarray(sizes, dtype=np.float64)
+        total = sizes.sum()
+        if total <= 0:
+            return np.zeros(sizes.size)
+        gradient = group_gradient(sizes, successes, sc.signal) * whitening_factor(sizes, successes, sc.signal)
+        # token-mean and seq-mean-token-mean both divide by the step's samples (one token each).
+        return gradient * (sc.batch_size / total)
+
     def train_step(self, index: np.ndarray, sizes: np.ndarray, successes: np.ndarray) -> np.ndarray:
-        """Apply one step's update from its trained groups; returns each group's signal."""
+        """Apply one step's update from its trained groups; returns each group's G_i."""
         sc = self.scenario
         index = np.asarray(index, dtype=np.int64)
-        signal = group_signal(sizes, successes, sc.signal)
+        gradient = self.step_gradients(sizes, successes)
         delta = np.zeros_like(self.theta)
-        np.add.at(delta, index, sc.lr_self * signal)
-        per_topic = np.bincount(self.topic[index], weights=signal, minlength=sc.clusters)
+        np.add.at(delta, index, sc.lr_self * gradient)
+        per_topic = np.bincount(self.topic[index], weights=gradient, minlength=sc.clusters)
         delta += sc.lr_cluster * per_topic[self.topic] / (sc.batch_size / sc.clusters)
-        delta += sc.lr_global * signal.sum() / sc.batch_size
+        delta += sc.lr_global * gradient.sum() / sc.batch_size
         if sc.drift_sd > 0:
             delta += self.drift_rng.normal(0.0, sc.drift_sd / np.sqrt(sc.steps_per_epoch), size=self.theta.size)
         self.theta = self.theta + delta
-        return signal
+        return gradient
+
+    def improvement_weights(self, prompt_ids: np.ndarray) -> np.ndarray:
+        """d(objective) / d G_i for train prompts by id, to first order: how much the scenario's
+        metric (mean train or held-out pass rate) rises per unit of a group's G_i, through
+        its own logit, its topic and the global transfer (what only the oracle may see)."""
+        sc = self.scenario
+        idx = np.fromiter((self._index_of[int(i)] for i in prompt_ids), dtype=np.int64, count=len(prompt_ids))
+        p = self.pass_rates
+        slope = p * (1.0 - p)  # d p / d theta; 0 for unsolvable prompts (p = 0)
+        counted = np.zeros(p.size, dtype=bool)
+        if sc.metric == "eval":
+            counted[self.n_train :] = True
+        else:
+            counted[: self.n_train] = True
+        slope = np.where(counted, slope, 0.0) / max(int(counted.sum()), 1)
+        per_topic = np.bincount(self.topic, weights=slope, minlength=sc.clusters)
+        own = sc.lr_self * slope[idx]
+        topic = sc.lr_cluster * per_topic[self.topic[idx]] / (sc.batch_size / sc.clusters)
+        everything = sc.lr_global * slope.sum() / sc.batch_size
+        return own + topic + everything

@@ -9,32 +9,59 @@ Examples::
     python -m openrlhf_cero.cli.bench --write-docs      # regenerates docs/benchmarks.md and docs/figures/
 
 Allocators come from the registry (``available_allocators()``), so a newly registered
-allocator is benchmarked without changes here; ``oracle`` is the simulator's reference.
+allocator is benchmarked without changes here. Beside them every table and plot carries
+the baselines a user would otherwise pick (``uniform``, ``dynamic_filtering``,
+``oversample_even``, ``beta_greedy``: simulator-only entries, :mod:`openrlhf_cero.sim.baselines`)
+and ``oracle``, the simulator's bound; each entry's speed-up is given against uniform and
+against the best baseline. Runs are spread over ``--jobs`` processes (results do not
+depend on it: every run is deterministic for its seed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from openrlhf_cero.allocators.base import AllocatorError
+from openrlhf_cero.allocators.base import AllocatorError, RolloutAllocator
 from openrlhf_cero.allocators.registry import allocator_class, available_allocators
+from openrlhf_cero.sim.baselines import BASELINE_NAMES, BASELINES
+from openrlhf_cero.sim.oracle import OracleAllocator
 from openrlhf_cero.sim.runner import ORACLE, RunRecord, run_allocator
 from openrlhf_cero.sim.scenario import DEFAULT_SCENARIOS, PRESETS, Scenario, load_overrides, make_scenario
-from openrlhf_cero.sim.summary import BASELINE, equal_rollouts, markdown_table, summarise
+from openrlhf_cero.sim.summary import BASELINE, best_baseline, equal_rollouts, markdown_table, summarise
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_SEEDS = 2
+STEP_LOOP_LOGGER = "openrlhf_cero.allocators.step_loop"
 
 
 def default_allocators() -> list[str]:
-    names = available_allocators()
-    names = [BASELINE] + [n for n in names if n != BASELINE] if BASELINE in names else names
-    return names + [ORACLE]
+    """uniform and the other baselines, every registered allocator, the oracle."""
+    registered = [n for n in available_allocators() if n not in BASELINE_NAMES]
+    return [*BASELINE_NAMES, *registered, ORACLE]
+
+
+def entry_class(name: str) -> type[RolloutAllocator]:
+    """The class behind a bench entry: the oracle, a baseline or a registered allocator."""
+    if name == ORACLE:
+        return OracleAllocator
+    if name in BASELINES:
+        return BASELINES[name]
+    try:
+        return allocator_class(name)
+    except AllocatorError:
+        raise AllocatorError(
+            f"unknown --rollout_allocator {name!r}; registered allocators: {', '.join(available_allocators())}; "
+            f"baselines: {', '.join(BASELINES)}; and {ORACLE}"
+        ) from None
 
 
 def parse_allocators(text: str | None) -> list[str]:
@@ -42,8 +69,7 @@ def parse_allocators(text: str | None) -> list[str]:
         return default_allocators()
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
-        if name != ORACLE:
-            allocator_class(name)  # raises AllocatorError naming the registered ones
+        entry_class(name)  # raises AllocatorError naming the valid ones
     if len(set(names)) != len(names):
         raise AllocatorError(f"--allocators lists an allocator twice: {text!r}")
     return names
@@ -59,14 +85,39 @@ def parse_allocator_options(text: str | None, allocators: Sequence[str]) -> dict
             )
         if not isinstance(opts, Mapping):
             raise AllocatorError(f"--allocator-options[{name!r}] must be a mapping of option to value, got {opts!r}")
-        if name != ORACLE:
-            known = {spec.name for spec in getattr(allocator_class(name), "options", ())}
-            unknown = sorted(set(opts) - known)
-            if unknown and known:
-                raise AllocatorError(
-                    f"unknown option(s) {', '.join(unknown)} for allocator {name!r}; its options: {', '.join(sorted(known))}"
-                )
+        known = {spec.name for spec in getattr(entry_class(name), "options", ())}
+        unknown = sorted(set(opts) - known)
+        if unknown and known:
+            raise AllocatorError(
+                f"unknown option(s) {', '.join(unknown)} for allocator {name!r}; its options: {', '.join(sorted(known))}"
+            )
     return {name: dict(opts) for name, opts in options.items()}
+
+
+@contextlib.contextmanager
+def quiet_step_loop() -> Iterator[None]:
+    """The step loop warns once per short step; a benchmark counts those steps instead
+    (RunRecord.extra["short_steps"], reported under the table)."""
+    logger = logging.getLogger(STEP_LOOP_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _run_one(task: tuple[Scenario, str, int, Mapping[str, Any] | None]) -> tuple[str, int, RunRecord | str]:
+    scenario, name, seed, options = task
+    with quiet_step_loop():
+        try:
+            return name, seed, run_allocator(scenario, name, seed, options)
+        except AllocatorError as exc:
+            return name, seed, str(exc)
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def run_benchmark(
@@ -75,30 +126,45 @@ def run_benchmark(
     seeds: Sequence[int],
     allocator_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
-    """Every allocator on every seed; returns the records and, per allocator that failed, why."""
+    """Every allocator on every seed, over ``jobs`` processes; returns the records and, per
+    allocator that failed, why (its first failing seed's message)."""
     from tqdm import tqdm
 
+    tasks = [(scenario, name, seed, (allocator_options or {}).get(name)) for name in allocators for seed in seeds]
+    results: dict[tuple[str, int], RunRecord | str] = {}
+    with tqdm(total=len(tasks) * scenario.total_rollouts, unit="rollout", unit_scale=True, disable=not progress,
+              desc=scenario.name) as bar:
+        if jobs <= 1:
+            with quiet_step_loop():
+                for sc, name, seed, options in tasks:
+                    bar.set_postfix_str(f"{name} seed {seed}")
+                    if any(isinstance(results.get((name, s)), str) for s in seeds):
+                        results[(name, seed)] = "skipped after a failure"
+                        bar.update(scenario.total_rollouts)
+                        continue
+                    before = bar.n
+                    try:
+                        results[(name, seed)] = run_allocator(sc, name, seed, options, on_step=bar.update)
+                    except AllocatorError as exc:
+                        results[(name, seed)] = str(exc)
+                    bar.update(max(0, scenario.total_rollouts - (bar.n - before)))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                for name, seed, result in pool.map(_run_one, tasks):
+                    results[(name, seed)] = result
+                    bar.set_postfix_str(f"{name} seed {seed}")
+                    bar.update(scenario.total_rollouts)
     records: dict[str, list[RunRecord]] = {}
     failures: dict[str, str] = {}
-    total = len(allocators) * len(seeds) * scenario.total_rollouts
-    with tqdm(total=total, unit="rollout", unit_scale=True, disable=not progress, desc=scenario.name) as bar:
-        for name in allocators:
-            runs = []
-            for seed in seeds:
-                bar.set_postfix_str(f"{name} seed {seed}")
-                try:
-                    runs.append(
-                        run_allocator(
-                            scenario, name, seed, (allocator_options or {}).get(name), on_step=bar.update
-                        )
-                    )
-                except AllocatorError as exc:
-                    failures[name] = str(exc)
-                    break
-            if name not in failures:
-                records[name] = runs
-            bar.update(max(0, len(seeds) * scenario.total_rollouts - sum(int(r.cum_rollouts[-1]) for r in runs)))
+    for name in allocators:
+        runs = [results[(name, seed)] for seed in seeds]
+        failed = [r for r in runs if isinstance(r, str)]
+        if failed:
+            failures[name] = failed[0]
+        else:
+            records[name] = runs  # type: ignore[assignment]
     return records, failures
 
 
@@ -106,61 +172,121 @@ def report(scenario: Scenario, records: dict[str, list[RunRecord]], failures: Ma
     if not records:
         return "no allocator finished a run:\n" + "\n".join(f"- {n}: {m}" for n, m in failures.items())
     text = markdown_table(scenario, summarise(scenario, records), equal_rollouts(records))
+    short = {name: sum(r.extra.get("short_steps", 0) for r in runs) for name, runs in records.items()}
+    short = {name: count for name, count in short.items() if count}
+    if short:
+        seeds = len(next(iter(records.values())))
+        text += "\n\nSteps that trained less than their budget or needed the allocator's fallback (summed over " \
+                f"{seeds} seed(s)): " + ", ".join(f"{name} {count}" for name, count in short.items()) + "."
     if failures:
         text += "\n\nFailed:\n" + "\n".join(f"- {name}: {msg}" for name, msg in failures.items())
     return text
 
 
+def _against(r, reference: str) -> str:
+    if r is None or r.reached == 0:
+        return f"did not reach the target where {reference} did (or neither did)"
+    if abs(r.mean - 1.0) <= max(0.02, r.sd):
+        return f"on par with {reference} ({r.mean:.2f}x, within 2% or one SD over seeds)"
+    if r.mean > 1.0:
+        return f"{r.mean:.2f}x fewer rollouts than {reference}"
+    return f"**slower** than {reference}: {1 / r.mean:.2f}x more rollouts"
+
+
 def verdict(scenario: Scenario, records: dict[str, list[RunRecord]]) -> str:
-    """One plain sentence per allocator: faster or slower than uniform to the target."""
-    lines = []
-    for s in summarise(scenario, records):
+    """One plain sentence per entry: against uniform and against the best baseline, to the target."""
+    summaries = summarise(scenario, records)
+    best = best_baseline(summaries)
+    lines = [f"Best baseline: **{best}**." if best else "Best baseline: none reached the target on every seed."]
+    for s in summaries:
         if s.allocator == BASELINE or s.ratio_to_uniform is None:
             continue
-        r = s.ratio_to_uniform
-        if r.reached == 0:
-            lines.append(f"- {s.allocator}: did not reach the target where uniform did (or neither did).")
-        elif abs(r.mean - 1.0) <= max(0.02, r.sd):
-            lines.append(f"- {s.allocator}: on par with uniform ({r.mean:.2f}x, within 2% or one SD over seeds).")
-        elif r.mean > 1.0:
-            lines.append(f"- {s.allocator}: {r.mean:.2f}x fewer rollouts than uniform to the target.")
-        else:
-            lines.append(f"- {s.allocator}: **slower** than uniform: {1 / r.mean:.2f}x more rollouts to the target.")
+        line = f"- {s.allocator}: {_against(s.ratio_to_uniform, 'uniform')}"
+        if best and best not in (BASELINE, s.allocator):
+            line += f"; {_against(s.ratio_to_best_baseline, f'the best baseline ({best})')}"
+        lines.append(line + ".")
     return "\n".join(lines)
 
 
+def glance_table(results: Mapping[str, tuple[Scenario, dict[str, list[RunRecord]]]]) -> list[str]:
+    """Speed-ups of every entry in every scenario: vs uniform / vs the best baseline."""
+    names: list[str] = []
+    cells: dict[tuple[str, str], str] = {}
+    best_of: dict[str, str] = {}
+    for scenario_name, (scenario, records) in results.items():
+        summaries = summarise(scenario, records)
+        best_of[scenario_name] = best_baseline(summaries) or "none"
+        for s in summaries:
+            if s.allocator not in names:
+                names.append(s.allocator)
+            u, b = s.ratio_to_uniform, s.ratio_to_best_baseline
+            cells[(s.allocator, scenario_name)] = (
+                f"{u.text('{:.2f}') if u else 'n/a'} / {b.text('{:.2f}') if b else 'n/a'}"
+            )
+    head = "| entry | " + " | ".join(f"`{n}`: vs uniform / vs {best_of[n]}" for n in results) + " |"
+    lines = [head, "|" + "---|" * (len(results) + 1)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cells.get((name, n), "failed") for n in results) + " |")
+    return lines
+
+
 def write_docs(
-    seeds: Sequence[int], allocators: Sequence[str], options: Mapping[str, Mapping[str, Any]], progress: bool
+    seeds: Sequence[int],
+    allocators: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]],
+    progress: bool,
+    jobs: int = 1,
 ) -> Path:
     docs = REPO_ROOT / "docs"
     figures = docs / "figures"
     from openrlhf_cero.sim.plots import plot_all
 
+    start_all = time.perf_counter()
+    sections: list[str] = []
+    results: dict[str, tuple[Scenario, dict[str, list[RunRecord]]]] = {}
+    for name in DEFAULT_SCENARIOS:
+        scenario = make_scenario(name)
+        start = time.perf_counter()
+        records, failures = run_benchmark(scenario, allocators, seeds, options, progress, jobs)
+        elapsed = time.perf_counter() - start
+        sections += [f"## Scenario `{name}`", "", "```json", json.dumps(scenario.to_dict()), "```", ""]
+        sections += [report(scenario, records, failures), ""]
+        if records:
+            results[name] = (scenario, records)
+            sections += [verdict(scenario, records), ""]
+            for path in plot_all(scenario, records, figures, name):
+                sections.append(f"![{path.stem}](figures/{path.name})")
+            sections.append("")
+        sections.append(f"Benchmark wall time for this scenario: {elapsed:.0f} s ({jobs} process(es)).")
+        sections.append("")
     parts = [
         "# Benchmarks (simulator)",
         "",
         "Generated by `python -m openrlhf_cero.cli.bench --write-docs` (do not edit by hand; rerun it).",
         "Simulated RLVR training, CPU only; see [simulator.md](simulator.md) for the model, its calibration",
-        "and its limits. These are simulator figures, not GPU training results.",
+        "and its limits. These are simulator figures, not GPU training results. The simulated policy",
+        "follows the gradient of OpenRLHF's policy loss (token-mean), so a group teaches in proportion to",
+        "its number of samples.",
         "",
-        f"Allocators: {', '.join(allocators)}. Seeds: {', '.join(map(str, seeds))}.",
+        f"Entries: {', '.join(allocators)}. Seeds: {', '.join(map(str, seeds))}.",
+        "Baselines (simulator-only, what a user would otherwise pick): uniform (stock OpenRLHF),",
+        "dynamic_filtering (`--algo.dynamic_filtering_enable`), oversample_even (3x the prompts, budget",
+        "split evenly), beta_greedy (Beta posterior with forgetting, greedy on expected rollouts in",
+        "mixed-reward groups, 2x the prompts). oracle: knows the latent pass rates, chooses prompts",
+        "from 4x the pool and their group sizes for the best expected one-step gain: the bound.",
+        "",
+        "## At a glance: speed-up to the target (x), against uniform / against the best baseline",
         "",
     ]
-    parts += calibration_section() + [""]
-    for name in DEFAULT_SCENARIOS:
-        scenario = make_scenario(name)
-        start = time.perf_counter()
-        records, failures = run_benchmark(scenario, allocators, seeds, options, progress)
-        elapsed = time.perf_counter() - start
-        parts += [f"## Scenario `{name}`", "", "```json", json.dumps(scenario.to_dict()), "```", ""]
-        parts += [report(scenario, records, failures), ""]
-        if records:
-            parts += [verdict(scenario, records), ""]
-            for path in plot_all(scenario, records, figures, name):
-                parts.append(f"![{path.stem}](figures/{path.name})")
-            parts.append("")
-        parts.append(f"Benchmark wall time for this scenario: {elapsed:.0f} s.")
-        parts.append("")
+    parts += glance_table(results) + [
+        "",
+        "Mean over seeds of the per-seed ratio of rollouts to the scenario's target; > 1 means fewer rollouts.",
+        "The best baseline of each scenario is named in its column.",
+        "",
+    ]
+    parts += calibration_section() + [""] + sections
+    parts.append(f"Total wall time of `--write-docs`: {time.perf_counter() - start_all:.0f} s ({jobs} process(es)).")
+    parts.append("")
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out
@@ -187,13 +313,18 @@ def calibration_section() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m openrlhf_cero.cli.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--allocators", help="comma-separated; default: every registered allocator + oracle")
+    p.add_argument(
+        "--allocators",
+        help="comma-separated; default: the baselines (uniform, dynamic_filtering, oversample_even, beta_greedy), "
+        "every registered allocator, and oracle",
+    )
     p.add_argument("--scenario", default="deepscaler", help=f"preset: {', '.join(PRESETS)}")
     p.add_argument("--scenario-overrides", help="JSON/YAML mapping (inline or a file) of scenario keys")
     p.add_argument("--allocator-options", help='JSON/YAML mapping {"allocator": {"option": value}} (inline or file)')
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (runs per allocator)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help=f"scenario 'quick' and {QUICK_SEEDS} seeds: for CI, < 1 min")
+    p.add_argument("--quick", action="store_true", help=f"scenario 'quick' and {QUICK_SEEDS} seeds: for CI, < 10 s")
+    p.add_argument("--jobs", type=int, default=default_jobs(), help="processes for the runs (default: the CPU count, at most 8)")
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for the table and PNG plots")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -206,14 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.seeds < 1:
             raise AllocatorError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.jobs < 1:
+            raise AllocatorError(f"--jobs must be >= 1, got {args.jobs}")
         allocators = parse_allocators(args.allocators)
         options = parse_allocator_options(args.allocator_options, allocators)
         seeds = list(range(args.first_seed, args.first_seed + (min(args.seeds, QUICK_SEEDS) if args.quick else args.seeds)))
         if args.write_docs:
-            print(f"wrote {write_docs(seeds, allocators, options, not args.no_progress)}")
+            print(f"wrote {write_docs(seeds, allocators, options, not args.no_progress, args.jobs)}")
             return 0
         scenario = make_scenario("quick" if args.quick else args.scenario, load_overrides(args.scenario_overrides))
-        records, failures = run_benchmark(scenario, allocators, seeds, options, not args.no_progress)
+        records, failures = run_benchmark(scenario, allocators, seeds, options, not args.no_progress, args.jobs)
     except AllocatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

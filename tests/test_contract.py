@@ -179,3 +179,88 @@ def test_reward_model_without_rewards_only_for_uniform():
 def test_state_of_another_allocator_is_refused():
     with pytest.raises(AllocatorError, match="--rollout_allocator uniform"):
         make("unequal_test").load_state_dict(make("uniform").state_dict())
+
+
+# ── zero prompts ──
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_zero_prompts_are_a_valid_no_op_for_every_allocator(name):
+    """plan([], budget) gives an empty count array for any budget >= 0, extend / finish on
+    zero prompts give empty arrays, and none of them changes the allocator's state."""
+    alloc = make(name, 4)
+    data = Dataset(100)
+    run_step(alloc, 16, data.take, data.draw)
+    alloc.metrics()
+    before = json.dumps(alloc.state_dict(), sort_keys=True)
+    for budget in (0, 1, 16, 10**6):
+        counts = alloc.plan([], budget)
+        assert counts.dtype == np.int64 and counts.shape == (0,)
+        more = alloc.extend(np.zeros(0, dtype=np.uint64), [])
+        assert more.dtype == np.int64 and more.shape == (0,)
+        keep = alloc.finish([], [])
+        assert keep.dtype == bool and keep.shape == (0,)
+    assert alloc.finish([], None).shape == (0,)  # nothing to close, even without rewards
+    assert alloc.fallback([], [], 16).shape == (0,)
+    assert json.dumps(alloc.state_dict(), sort_keys=True) == before
+    figures = alloc.metrics()
+    assert figures["rollouts_drawn"] == 0 and figures["prompts_trained"] == 0 and figures["prompts_skipped"] == 0
+    with pytest.raises(AllocatorError, match="budget must be >= 0"):
+        alloc.plan([], -1)
+    # A real cycle still runs afterwards.
+    assert run_step(alloc, 16, data.take, data.draw).rollouts_trained == 16
+
+
+def test_zero_prompts_must_still_match_the_open_plan():
+    alloc = make("uniform", 4)
+    alloc.plan([1, 2], 8)
+    with pytest.raises(AllocatorError, match="open plan had 2"):
+        alloc.finish([], [])
+    alloc.plan([], 8)  # a new plan replaces the open one
+    assert alloc.finish([], []).shape == (0,)
+
+
+# ── constant rewards: every step is filled, never an error ──
+
+
+class ConstantData:
+    """An endless stream over ``size`` prompts (epoch after epoch) whose every reward is ``value``."""
+
+    def __init__(self, value: float, size: int = 300) -> None:
+        self.value, self.size, self.position, self.drawn = value, size, 0, 0
+
+    def take(self, k: int):
+        handles = [(self.position + i) % self.size for i in range(k)]
+        self.position += k
+        return np.array([prompt_id(f"c{h}", "") for h in handles], dtype=np.uint64), handles
+
+    def draw(self, handles, counts):
+        self.drawn += int(np.sum(counts))
+        return [([(h, j) for j in range(int(c))], np.full(int(c), self.value)) for h, c in zip(handles, counts)]
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=6, deadline=None)
+@given(batch=st.integers(1, 12), n=st.integers(2, 16))
+def test_constant_rewards_fill_every_step_and_report_the_fallback(name, value, batch, n):
+    """All rewards 1, 0 or 0.5: no prompt is worth a rollout more than another, some
+    allocators qualify none; every step still trains exactly batch * n rollouts, nothing
+    raises, and ``fallback_groups`` says how many groups the fallback supplied."""
+    data = ConstantData(value)
+    alloc = make(name, n)
+    for _ in range(3):
+        outcome = run_step(alloc, batch * n, data.take, data.draw)
+        assert not outcome.exhausted
+        assert outcome.rollouts_trained == batch * n
+        assert all(alloc.min_samples <= len(g.samples) <= alloc.max_samples for g in outcome.groups)
+        assert len({g.prompt_id for g in outcome.groups}) == len(outcome.groups)
+        figures = alloc.metrics()
+        assert figures["rollouts_trained"] == batch * n and figures["rollouts_drawn"] == outcome.rollouts_drawn
+        assert figures["fallback_groups"] == outcome.fallback_groups
+        assert figures["zero_variance_share"] == 1.0  # constant rewards: no group has a gradient
+        if name == "pilot_commit" and value != 0.5:
+            assert outcome.fallback_groups == len(outcome.groups) == batch and outcome.warning
+        else:  # the others keep what they draw; 0.5 lies in Pilot-Commit's band, committed as usual
+            assert outcome.fallback_groups == 0 and outcome.warning is None
+    assert alloc.rollouts_drawn_total == data.drawn

@@ -186,3 +186,39 @@ def test_max_steps_follows_the_prompts_a_step_consumes(assets, tmp_path, engines
     assert trainer.max_steps == expected
     assert isinstance(trainer.samples_generator, AllocatingSamplesGenerator)
     assert trainer.samples_generator.prompts_dataloader is trainer.prompts_dataloader
+
+
+def test_pilot_commit_where_every_reward_is_1_trains_full_steps_with_a_warning(assets, tmp_path, engines, caplog):
+    """The case of issue 11 through the real rollout actors: on data where every reward is
+    1 no pilot is in the band, and the data ends within the step. The step used to come
+    back empty (OpenRLHF then skips it, ends the episode and the run exits 0 after zero
+    training steps); now it trains a full batch of fallback groups, says so in a warning
+    and reports allocator/fallback_groups."""
+    import json
+
+    from openrlhf_cero.cpu.stand_in_reward import make_label, parse_pass_rate
+    from openrlhf_cero.cpu.tiny import PROMPTS_FILE
+
+    solved = tmp_path / "solved.jsonl"
+    rows = [json.loads(line) for line in (assets / PROMPTS_FILE).read_text(encoding="utf-8").splitlines()[:16]]
+    assert all(0.0 <= parse_pass_rate(row["label"]) <= 1.0 for row in rows)
+    with open(solved, "w", encoding="utf-8") as f:
+        for row in rows:  # pass rate 1: the stand-in reward gives every response 1
+            f.write(json.dumps({"input": row["input"], "label": make_label(row["label"].split("|p=")[0], 1.0)}) + "\n")
+    generator, kwargs, _ = make_generator(
+        assets, tmp_path, engines, "--rollout_allocator", "pilot_commit", "--rollout.n_samples_per_prompt", "8",
+        "--allocator.pilot_commit.n_pilot", "4", **{"data.prompt_dataset": solved, "data.max_samples": 16},
+    )
+    with caplog.at_level("WARNING", logger="openrlhf_cero.allocators.step_loop"):
+        batch, _, consumed, exhausted = generator.generate_samples(**kwargs)
+    assert consumed == 16 and exhausted  # the step's pilots took the whole epoch
+    assert len(batch) == 32 and batch.group_sizes == [8, 8, 8, 8]  # a full step: rollout.batch_size x n
+    groups_of(batch)
+    assert all(float(s.rewards[0]) == 1.0 for s in batch)
+    metrics = batch.metrics
+    assert metrics["allocator/fallback_groups"] == 4.0 and metrics["allocator/rollouts_trained"] == 32.0
+    assert metrics["allocator/pilot_pass"] == 0.0 and metrics["allocator/zero_variance_share"] == 1.0
+    # every pilot drawn, plus 4 commit rollouts for each of the 4 fallback groups
+    assert metrics["allocator/rollouts_drawn"] == metrics["allocator/pilot_rollouts"] + 4 * 4
+    [record] = [r for r in caplog.records if r.name == "openrlhf_cero.allocators.step_loop"]
+    assert "pilot_commit filled 0 of the 32 rollouts" in record.message and "fallback_groups" in record.message

@@ -329,3 +329,36 @@ def test_every_cycle_obeys_the_contract(n, pool, groups, seed, n_pilot):
     assert (means[keep] <= 0.75 + 1e-9).all()
     in_band = np.nan_to_num(means, nan=2.0) <= 0.75 + 1e-9
     assert keep.sum() == min(in_band.sum(), budget // n)
+
+
+# ── fallback (used by step_loop.run_step when the budget cannot be committed) ──
+
+
+def test_fallback_prefers_mixed_pilots_then_the_band_then_prompts_never_piloted():
+    alloc = make()
+    ids = np.arange(1, 8, dtype=np.uint64)
+    rewards = [pilot(0), pilot(8), pilot(7), np.zeros(0), pilot(4), np.full(N_PILOT, 0.5), pilot(8)]
+    # mixed: 4/8 (in band), 7/8 (0.125 above); constant: all 0.5 (in band), 0/8 (0.125
+    # below), 8/8 twice (0.25 above, in the order offered); never piloted last.
+    expected = [4, 2, 5, 0, 1, 6, 3]
+    for groups in range(1, 8):
+        sizes = alloc.fallback(ids, rewards, groups * N)
+        assert np.flatnonzero(sizes).tolist() == sorted(expected[:groups])
+        assert set(sizes[sizes > 0].tolist()) == {N}  # whole groups of n: pilot + commit
+    assert not alloc.fallback(ids, rewards, N - 1).any()  # no room for a whole group
+    state = json.dumps(alloc.state_dict(), sort_keys=True)
+    alloc.fallback(ids, rewards, 7 * N)
+    assert json.dumps(alloc.state_dict(), sort_keys=True) == state
+
+
+def test_constant_fractional_rewards_in_the_band_train_as_zero_variance_groups():
+    """All rewards 0.5: every pilot mean lies in the band, so prompts commit as usual, but
+    the groups have no gradient: zero_variance_share is 1, not 0 (docs/pilot_commit.md §4)."""
+    alloc = make()
+    ids = np.arange(1, 5, dtype=np.uint64)
+    alloc.plan(ids, 2 * N)
+    commit = alloc.extend(ids, [np.full(N_PILOT, 0.5)] * 4)
+    keep = alloc.finish(ids, [np.full(N_PILOT + c, 0.5) for c in commit])
+    assert keep.sum() == 2
+    m = alloc.metrics()
+    assert m["pilot_pass"] == 2 and m["zero_variance_share"] == 1.0 and m["fallback_groups"] == 0

@@ -54,6 +54,9 @@ class ScriptedData:
                 k = self.script[name][min(visit, len(self.script[name]) - 1)]
                 rewards = np.array([1.0] * k + [0.0] * (N_PILOT - k))
                 samples = [(name, visit, "pilot", i) for i in range(count)]
+            elif count == N:  # a fresh full group: the fallback's for a prompt never piloted (evicted)
+                rewards = np.ones(N)
+                samples = [(name, self.visits[name], "fresh", i) for i in range(count)]
             else:
                 assert count in (0, COMMIT)
                 rewards = np.arange(count, dtype=np.float64) % 2
@@ -177,21 +180,91 @@ def test_a_too_hard_prompt_is_re_offered_within_the_epoch_through_requeue():
     assert data.epoch() == 0 and data.pilots[:3] == ["hard", "b0", "hard"]
 
 
-def test_clear_error_when_the_data_cannot_fill_a_batch_within_max_rounds():
-    data = ScriptedData({f"h{i}": [0] for i in range(500)})
+def test_no_prompt_in_the_band_within_max_rounds_falls_back_to_the_best_skipped_prompts(caplog):
+    """max_rounds reached with nothing committed: no error, the step trains the skipped
+    prompts closest to the band, mixed pilots first (7/8 correct, too easy, has a
+    gradient) before constant ones (0/8), each pilot + commit in one group of n."""
+    script = {f"{kind}{i}": [0 if kind == "h" else 7] for i in range(200) for kind in ("h", "e")}
+    data = ScriptedData(script)
     alloc = make(max_rounds=5)
-    with pytest.raises(AllocatorError, match=r"filled only 0 of 24 .*--allocator\.pilot_commit\.max_rounds"):
-        run_step(alloc, 2 * N, data.take, data.draw)
-    assert alloc.steps == 5
+    with caplog.at_level("WARNING", logger="openrlhf_cero.allocators.step_loop"):
+        out = run_step(alloc, 2 * N, data.take, data.draw)
+    assert out.capped and out.cycles == 5 and alloc.steps == 5
+    assert out.rollouts_trained == 2 * N and out.fallback_groups == 2
+    assert [g.handle for g in out.groups] == ["e0", "e1"]
+    for group in out.groups:
+        assert [s[2] for s in group.samples] == ["pilot"] * N_PILOT + ["commit"] * COMMIT
+        assert len(group.rewards) == N
+    [record] = caplog.records
+    assert "filled 0 of the 24 rollouts" in record.message and "allocator/fallback_groups" in record.message
+    assert "--allocator.pilot_commit.max_rounds (now 5)" in record.message and out.warning == record.message
+    m = alloc.metrics()
+    assert m["fallback_groups"] == 2 and m["rollouts_trained"] == 2 * N and m["prompts_trained"] == 2
+    assert m["rollouts_drawn"] == out.rollouts_drawn == N_PILOT * out.prompts_consumed + 2 * COMMIT
+    assert m["pilot_rollouts_skipped"] == out.rollouts_drawn - out.rollouts_trained
+    assert m["prompts_skipped"] == out.prompts_consumed - 2
+    assert m["zero_variance_share"] == 0.0  # 7/8 pilots are mixed
 
 
-def test_clear_error_when_every_prompt_is_evicted():
+def test_fallback_groups_leave_the_queue():
+    """A deferred (too hard) prompt trained by the fallback is not re-offered."""
+    data = ScriptedData({f"h{i}": [0] for i in range(50)})
+    alloc = make(max_rounds=1, defer_delay=1, pool_factor=2.0)
+    caller = RequeueingCaller(alloc, data)
+    out = run_step(alloc, N, caller.take, data.draw)
+    assert [g.handle for g in out.groups] == ["h0"]
+    assert alloc.requeue(8).tolist() == [prompt_id("h1")]
+
+
+def test_every_prompt_evicted_falls_back_to_fresh_full_groups():
+    """Evicted prompts get no pilot; when nothing else is left, the fallback gives them n
+    fresh rollouts rather than training nothing."""
     data = ScriptedData({f"s{i}": [N_PILOT] for i in range(4)}, epochs=100)
     alloc = make(max_rounds=8, pool_factor=1.0)
-    with pytest.raises(AllocatorError, match="pool_factor"):
-        run_step(alloc, N, data.take, data.draw)
+    out = run_step(alloc, N, data.take, data.draw)
     assert len(data.pilots) == 8  # each piloted twice (16 correct in a row); later epochs cost nothing
     assert alloc.metrics()["evicted_prompts"] == 4
+    assert out.rollouts_trained == N and out.fallback_groups == 1
+    # The best candidates are the piloted ones (all-correct pilots, kept while their budget fits).
+    assert [s[2] for s in out.groups[0].samples] == ["pilot"] * N_PILOT + ["commit"] * COMMIT
+    out = run_step(alloc, N, data.take, data.draw)  # now every prompt offered is already evicted
+    assert out.rollouts_trained == N and out.fallback_groups == 1
+    assert [s[2] for s in out.groups[0].samples] == ["fresh"] * N
+    m = alloc.metrics()
+    assert m["pilot_prompts"] == 0 and m["rollouts_drawn"] == N and m["zero_variance_share"] == 1.0
+
+
+@pytest.mark.parametrize("adaptive_pool", [False, True])
+def test_the_data_running_out_with_nothing_in_the_band_still_trains_a_full_step(adaptive_pool):
+    """The case of the issue: a small data set where every reward is 1. Each epoch's step
+    takes the whole epoch without committing anything (the dataloader starts again for the
+    next epoch, as OpenRLHF's does); the step trains a full batch of fallback groups
+    instead of nothing. With the adaptive pool, Pilot-Commit soon wants 16x the batch per
+    step, more than the data holds: the step is still full, as it took more prompts than
+    a batch."""
+    alloc = make(pool_factor=2.0, adaptive_pool=adaptive_pool)  # 4 groups: first pool 8
+    for epoch in range(3):
+        data = ScriptedData({f"s{i}": [N_PILOT] for i in range(20)})
+        out = run_step(alloc, 4 * N, data.take, data.draw)
+        assert out.exhausted and not out.capped and out.prompts_consumed == 20
+        assert out.rollouts_trained == 4 * N and out.fallback_groups == 4
+        assert out.warning and "the data ran out after 20 prompts" in out.warning
+    assert alloc.metrics()["evicted_prompts"] > 0  # later epochs train evicted prompts, with fresh groups
+
+
+def test_dynamic_filtering_applies_to_fallback_groups(caplog):
+    data = ScriptedData({f"s{i}": [N_PILOT] for i in range(20)})
+    alloc = make(max_rounds=2)
+    with caplog.at_level("WARNING", logger="openrlhf_cero.allocators.step_loop"):
+        out = run_step(alloc, 2 * N, data.take, data.draw, accept=lambda r: 0 < r.mean() < 1)
+    # all-correct pilots + alternating commits are mixed, so they pass
+    assert out.rollouts_trained == 2 * N and out.groups_filtered == 0
+    data = ScriptedData({f"s{i}": [N_PILOT] for i in range(20)})
+    alloc = make(max_rounds=2)
+    with caplog.at_level("WARNING", logger="openrlhf_cero.allocators.step_loop"):
+        out = run_step(alloc, 2 * N, data.take, data.draw, accept=lambda r: r.mean() < 0.8)  # 10/12 correct: dropped
+    assert out.rollouts_trained == 0 and out.groups_filtered == 2
+    assert "Dynamic filtering dropped 2 groups" in caplog.records[-1].message
 
 
 def test_short_last_batch_when_the_data_ends():

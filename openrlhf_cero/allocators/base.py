@@ -20,6 +20,27 @@ Rewards passed to ``extend``/``finish`` are, per prompt, every reward drawn for 
 this step so far (all rounds, in order). Prompt ids are unsigned 64-bit integers
 (:func:`openrlhf_cero.allocators.ids.prompt_id`), stable across runs.
 
+Zero prompts are valid input for every allocator: ``plan([], budget)`` returns an empty
+count array for any budget >= 0, and ``extend``/``finish`` on zero prompts return empty
+arrays. These calls are no-ops: they change no state, draw nothing and count no step.
+A negative budget is an error whatever the prompts.
+
+**Fallback.** An allocator never stops a run and never silently trains nothing. When a
+step ends with budget left because no offered prompt qualified (the step loop's cycle
+cap, ``max_cycles``, was reached, or the data ran out), the step loop
+(:func:`openrlhf_cero.allocators.step_loop.run_step`) asks for a fallback among the
+groups the allocator drew but did not keep this step:
+
+    sizes = alloc.fallback(prompt_ids, rewards, budget_left)   # group size to train, 0 = not
+    rewards = draw(prompt_ids, sizes - drawn)                   # top the chosen groups up
+    alloc.finish_fallback(prompt_ids, rewards, sizes - drawn)   # they train; metrics, state
+
+``fallback`` changes no state (the loop also calls it after each cycle to keep only the
+candidates it would choose). The default takes prompts that already have rollouts, in
+the order offered, each topped up to ``n_samples_per_prompt``; allocators rank their own
+candidates (``_fallback_order``). The groups trained this way are counted in the metric
+``fallback_groups``, and the step loop logs one warning for the step.
+
 This package never imports torch, Ray or OpenRLHF: the same objects run in the
 simulator, in tests, and inside OpenRLHF's Ray actors.
 """
@@ -136,6 +157,9 @@ class RolloutAllocator(ABC):
         budget = int(budget)
         if budget < 0:
             raise AllocatorError(f"budget must be >= 0, got {budget}")
+        if not ids.size:  # zero prompts: a no-op for every allocator, whatever the budget
+            self._drawn = np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64)
         counts = np.asarray(self._plan(ids, budget), dtype=np.int64)
         self._check_counts(ids, counts, "plan")
         self._drawn = counts.copy()
@@ -145,6 +169,8 @@ class RolloutAllocator(ABC):
         """Further rollouts per prompt given every reward drawn so far this step; zeros end the step."""
         ids = as_prompt_ids(prompt_ids)
         scores = self._observed_scores(ids, rewards)
+        if not ids.size:
+            return np.zeros(0, dtype=np.int64)
         counts = np.asarray(self._extend(ids, scores), dtype=np.int64)
         self._check_counts(ids, counts, "extend")
         self._drawn = self._drawn + counts
@@ -159,6 +185,12 @@ class RolloutAllocator(ABC):
         scores later) is accepted only by allocators with ``needs_rewards = False``.
         """
         ids = as_prompt_ids(prompt_ids)
+        if not ids.size:  # zero prompts: nothing to close, no step counted
+            self._require_open_cycle(ids)
+            if rewards is not None and len(rewards):
+                raise AllocatorError(f"got rewards for {len(rewards)} prompts, expected 0")
+            self._drawn = np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=bool)
         if rewards is None:
             if self.needs_rewards:
                 raise AllocatorError(
@@ -186,6 +218,64 @@ class RolloutAllocator(ABC):
         self._drawn = np.zeros(0, dtype=np.int64)
         self.steps += 1
         return keep
+
+    def fallback(
+        self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]], budget: int
+    ) -> np.ndarray:
+        """Size of the group to train per candidate (0 = not trained) when a step ends with
+        ``budget`` rollouts left and no prompt qualified (see the module docstring).
+
+        Candidates are groups drawn but not kept this step, each with every reward drawn
+        for it (possibly none). A chosen group keeps its rollouts and is topped up to its
+        size: at least what it has, within [min_samples, max_samples]; the sizes sum to at
+        most ``budget``, and a prompt id is chosen at most once. Changes no state."""
+        ids = as_prompt_ids(prompt_ids)
+        budget = int(budget)
+        if budget < 0:
+            raise AllocatorError(f"budget must be >= 0, got {budget}")
+        scores = self.to_scores(ids, rewards)
+        drawn = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+        if not ids.size or budget == 0:
+            return np.zeros(ids.size, dtype=np.int64)
+        sizes = np.asarray(self._fallback(ids, scores, budget), dtype=np.int64)
+        if sizes.shape != ids.shape:
+            raise AllocatorError(f"{self.name}.fallback returned {sizes.shape} sizes for {ids.size} prompts")
+        chosen = sizes > 0
+        bad = chosen & ((sizes < drawn) | (sizes < self.min_samples) | (sizes > self.max_samples))
+        if bad.any() or int(sizes.sum()) > budget or (sizes < 0).any():
+            raise AllocatorError(
+                f"{self.name}.fallback returned group sizes {sizes.tolist()} for {drawn.tolist()} rollouts drawn: "
+                f"each must be 0, or at least the rollouts drawn and min_samples={self.min_samples} and at most "
+                f"max_samples={self.max_samples}, and together at most the {budget} rollouts left"
+            )
+        if np.unique(ids[chosen]).size != int(chosen.sum()):
+            raise AllocatorError(f"{self.name}.fallback chose a prompt twice")
+        return sizes
+
+    def finish_fallback(
+        self, prompt_ids: Sequence[int] | np.ndarray, rewards: Sequence[Sequence[float]], added: Sequence[int]
+    ) -> None:
+        """The groups ``fallback`` chose train: ``rewards`` are all of each group's rewards,
+        ``added`` the rollouts drawn for it in the fallback. Counts them in the metrics
+        (``fallback_groups``, rollouts drawn and trained) and tells the allocator."""
+        ids = as_prompt_ids(prompt_ids)
+        scores = self.to_scores(ids, rewards)
+        added = np.asarray(added, dtype=np.int64).reshape(-1)
+        sizes = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+        if added.shape != ids.shape or (added < 0).any() or (added > sizes).any():
+            raise AllocatorError(f"{self.name}.finish_fallback: added rollouts {added.tolist()} do not fit the groups")
+        bad = (sizes < self.min_samples) | (sizes > self.max_samples)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise AllocatorError(
+                f"{self.name} fallback group of prompt {int(ids[i])} has {sizes[i]} samples, outside "
+                f"[min_samples, max_samples] = [{self.min_samples}, {self.max_samples}]"
+            )
+        if not ids.size:
+            return
+        self.rollouts_drawn_total += int(added.sum())
+        self._pending.add_fallback(scores, sizes, added)
+        self._finish_fallback(ids, scores, added)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable, versioned state; loading it into a fresh allocator resumes exactly."""
@@ -236,6 +326,21 @@ class RolloutAllocator(ABC):
     def _finish(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
         return np.array([len(s) > 0 for s in scores], dtype=bool)
 
+    def _fallback(self, prompt_ids: np.ndarray, scores: list[np.ndarray], budget: int) -> np.ndarray:
+        """Default fallback: the candidates ``_fallback_order`` ranks, each grown to n
+        (the last one may be smaller, not below min_samples)."""
+        drawn = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+        return self.fallback_sizes(prompt_ids, drawn, self._fallback_order(prompt_ids, scores), budget)
+
+    def _fallback_order(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        """Candidate positions, best first; those left out are never trained by the fallback.
+        Default: prompts that already have rollouts, in the order offered (a prompt the
+        allocator gave no rollout, as CERO's skips, is not worth one now either)."""
+        return np.array([i for i, s in enumerate(scores) if len(s)], dtype=np.int64)
+
+    def _finish_fallback(self, prompt_ids: np.ndarray, scores: list[np.ndarray], added: np.ndarray) -> None:
+        pass
+
     def _state(self) -> dict[str, Any]:
         return {}
 
@@ -260,6 +365,34 @@ class RolloutAllocator(ABC):
         counts = np.full(size, base, dtype=np.int64)
         counts[:extra] += 1
         return counts
+
+    def fallback_sizes(
+        self, prompt_ids: np.ndarray, drawn: np.ndarray, order: np.ndarray, budget: int, shrink: bool = True
+    ) -> np.ndarray:
+        """Greedy group sizes for a fallback: in ``order``, each prompt (once per id) is
+        grown to max(n, drawn) (at most max_samples) while the budget lasts. With
+        ``shrink``, a group that no longer fits whole takes what is left if that is at
+        least max(drawn, min_samples); without, only whole groups are taken."""
+        sizes = np.zeros(len(drawn), dtype=np.int64)
+        left = int(budget)
+        seen: set[int] = set()
+        for i in np.asarray(order, dtype=np.int64).tolist():
+            if left < self.min_samples:
+                break
+            pid = int(prompt_ids[i])
+            if pid in seen:
+                continue
+            size = min(max(self.n_samples_per_prompt, int(drawn[i])), self.max_samples)
+            if size > left:
+                if not shrink:
+                    continue
+                size = left
+            if size < max(int(drawn[i]), self.min_samples):
+                continue
+            seen.add(pid)
+            sizes[i] = size
+            left -= size
+        return sizes
 
     def check_budget(self, size: int, budget: int) -> None:
         """Refuse a budget that no allocation within [min_samples, max_samples] can spend exactly."""
@@ -348,6 +481,7 @@ class _StepFigures:
         self.kept_zero_variance: list[np.ndarray] = []
         self.drawn = 0
         self.offered = 0
+        self.fallback_groups = 0
 
     def add(self, scores: list[np.ndarray] | None, sizes: np.ndarray, keep: np.ndarray) -> None:
         self.kept_sizes.append(sizes[keep])
@@ -355,6 +489,14 @@ class _StepFigures:
             self.kept_zero_variance.append(_zero_variance(scores)[keep])
         self.drawn += int(sizes.sum())
         self.offered += sizes.size
+
+    def add_fallback(self, scores: list[np.ndarray], sizes: np.ndarray, added: np.ndarray) -> None:
+        """Groups trained by the fallback: offered (and counted) in an earlier cycle of the
+        step, so they now move from skipped to trained."""
+        self.kept_sizes.append(sizes)
+        self.kept_zero_variance.append(_zero_variance(scores))
+        self.drawn += int(added.sum())
+        self.fallback_groups += sizes.size
 
     def summary(self, drawn_total: int) -> dict[str, float]:
         sizes = np.concatenate(self.kept_sizes) if self.kept_sizes else np.zeros(0, dtype=np.int64)
@@ -367,7 +509,8 @@ class _StepFigures:
             "rollouts_drawn_total": float(drawn_total),
             "rollouts_trained": float(sizes.sum()),
             "prompts_trained": float(trained),
-            "prompts_skipped": float(self.offered - trained),
+            "prompts_skipped": float(max(self.offered - trained, 0)),
+            "fallback_groups": float(self.fallback_groups),
         }
         if self.kept_zero_variance:  # unknown when rewards come only after generation
             zero_variance = np.concatenate(self.kept_zero_variance)

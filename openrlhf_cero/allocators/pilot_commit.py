@@ -20,8 +20,13 @@ docs/pilot_commit.md for what comes from the paper and what is ours). Per cycle 
    count in ``rollouts_drawn`` (the cost the paper compares).
 
 ``run_step`` refills with more prompts until the budget is committed, at most
-``max_rounds`` cycles (then a clear error). Decisions use no randomness: the same
-rewards give the same decisions, also after ``state_dict``/``load_state_dict``.
+``max_rounds`` cycles. If the budget is still not committed then (or the data ends
+first), the step falls back on the prompts it piloted but skipped (``_fallback_order``):
+mixed pilots first, then by distance of the pilot mean from the band, each committed to
+a full group of n; prompts offered but never piloted (evicted) come last, with n fresh
+rollouts. The step trains them with a warning and the metric ``fallback_groups``; it
+never stops the run. Decisions use no randomness: the same rewards give the same
+decisions, also after ``state_dict``/``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -79,7 +84,9 @@ class PilotCommitAllocator(RolloutAllocator):
         OptionSpec("eviction_threshold", int, 16, "evict a prompt from later epochs once this many of its pilot "
                    "rollouts in a row (over one or more visits) were all correct; 16 = the paper's one all-correct "
                    "pilot of 16; 0 = never evict"),
-        OptionSpec("max_rounds", int, 16, "pilot/commit cycles per training step before giving up with an error"),
+        OptionSpec("max_rounds", int, 16, "pilot/commit cycles per training step; if the step is still not full "
+                   "then, it trains the best skipped prompts instead (fallback, with a warning and "
+                   "allocator/fallback_groups)"),
         OptionSpec("defer_delay", int, 4, "cycles a too-hard prompt waits before it is offered again"),
         OptionSpec("max_defers", int, 2, "times in a row a prompt is deferred before it waits for the next epoch"),
     )
@@ -111,10 +118,12 @@ class PilotCommitAllocator(RolloutAllocator):
         self.max_defers = int(max_defers)
         self._validate()
         self.max_cycles = self.max_rounds  # read by step_loop.run_step
-        self.max_cycles_hint = (
-            f"raise {_FLAG}max_rounds (now {self.max_rounds}) or {_FLAG}pool_factor (now {self.pool_factor:g}), "
-            f"widen {_FLAG}band_low/band_high (now {self.band_low:g}..{self.band_high:g}), or check that the data "
-            "still has prompts of medium difficulty (see allocator/pilot_too_hard, pilot_too_easy, evicted_prompts)"
+        self.fallback_hint = (
+            f"Pilot-Commit trains a prompt when its pilot mean lies in [{self.band_low:g}, {self.band_high:g}]; if "
+            "this repeats, the data has few prompts of medium difficulty left for this policy (see "
+            "allocator/pilot_too_easy, pilot_too_hard, evicted_prompts): widen "
+            f"{_FLAG}band_low/band_high, raise {_FLAG}max_rounds (now {self.max_rounds}) or {_FLAG}pool_factor "
+            f"(now {self.pool_factor:g}), change the data, or stop the run"
         )
         self._evicted = np.zeros(0, dtype=np.uint64)  # sorted
         self._queue = DeferredQueue()
@@ -178,6 +187,38 @@ class PilotCommitAllocator(RolloutAllocator):
         self._update_memory(prompt_ids)
         self._count_cycle()
         return self._committed.copy()
+
+    # ── fallback (step_loop.run_step, when the budget cannot be committed) ──
+
+    def _fallback(self, prompt_ids: np.ndarray, scores: list[np.ndarray], budget: int) -> np.ndarray:
+        drawn = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+        order = self._fallback_order(prompt_ids, scores)
+        return self.fallback_sizes(prompt_ids, drawn, order, budget, shrink=False)  # whole groups of n
+
+    def _fallback_order(self, prompt_ids: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        """Piloted prompts first: mixed pilots (some reward differs, so the group already
+        has a gradient) before constant ones, then by the distance of the pilot mean from
+        the band (surplus in-band prompts first), then in the order offered. Prompts offered
+        but not piloted (evicted, or a repeat) come last, in the order offered."""
+        drawn = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
+        piloted = np.flatnonzero(drawn > 0)
+        if not piloted.size:
+            return np.flatnonzero(drawn == 0)
+        flat = np.concatenate(scores)
+        starts = (np.cumsum(drawn) - drawn)[piloted]  # prompts without rollouts add no elements
+        means = np.add.reduceat(flat, starts) / drawn[piloted]
+        constant = np.minimum.reduceat(flat, starts) == np.maximum.reduceat(flat, starts)
+        distance = np.maximum(np.maximum(self.band_low - means, means - self.band_high), 0.0)
+        ranked = piloted[np.lexsort((piloted, distance, constant))]
+        return np.concatenate([ranked, np.flatnonzero(drawn == 0)])
+
+    def _finish_fallback(self, prompt_ids: np.ndarray, scores: list[np.ndarray], added: np.ndarray) -> None:
+        """Prompts trained by the fallback leave the queue, and their pilots no longer count
+        as skipped."""
+        self._queue.forget_all(prompt_ids.tolist())
+        pilots = int(sum(len(s) for s in scores) - added.sum())
+        self._step_counts.add({"pilot_rollouts_skipped": -pilots})
+        self._totals.add({"pilot_rollouts_skipped": -pilots})
 
     # ── decisions ──
 

@@ -155,8 +155,6 @@ class VipAllocator(RolloutAllocator):
         prediction = self.gp.predict(prompt_ids, features)
         p = np.clip(sigmoid(prediction.logits), P_MARGIN, 1.0 - P_MARGIN)
         self._open = (prompt_ids.copy(), features, prediction)
-        if prompt_ids.size == 0:
-            return np.zeros(0, dtype=np.int64)
         counts = integer_allocation(self.variance, p * (1.0 - p), budget, self.min_samples, self.max_samples)
         self._figures.planned(p, counts, prediction.has_features, self.min_samples, self.max_samples)
         return counts

@@ -64,6 +64,10 @@ class AllocatorError(ValueError):
     """Bad allocator input or settings; the message names the flag or value at fault."""
 
 
+class DamagedStateError(AllocatorError):
+    """A saved allocator state that cannot be decoded (cut short, edited, corrupted)."""
+
+
 def as_prompt_ids(prompt_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     ids = np.asarray(prompt_ids)
     if ids.ndim != 1:
@@ -102,6 +106,9 @@ class RolloutAllocator(ABC):
     needs_rewards: ClassVar[bool] = True
     # Allocator-specific constructor options (beyond the common ones of __init__).
     options: ClassVar[tuple[OptionSpec, ...]] = ()
+    # Whether ``plan`` may give 0 rollouts to a prompt it was offered. One that cannot
+    # spreads every step over all ``prompts_wanted`` prompts, each within the bounds.
+    skips_prompts: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -132,6 +139,11 @@ class RolloutAllocator(ABC):
             raise AllocatorError(
                 f"--rollout.n_samples_per_prompt={n} lies outside [--allocator.min_samples, --allocator.max_samples]"
                 f" = [{lo}, {hi}]"
+            )
+        if reward_threshold is not None and not math.isfinite(float(reward_threshold)):
+            raise AllocatorError(
+                f"--allocator.reward_threshold={reward_threshold} must be a finite number (a reward above it counts "
+                "as a success)"
             )
         self.n_samples_per_prompt = n
         self.min_samples = lo
@@ -299,12 +311,29 @@ class RolloutAllocator(ABC):
             raise AllocatorError(
                 f"allocator state version {state.get('version')} is not supported (expected {STATE_VERSION})"
             )
+        before = self.state_dict()
+        try:
+            self._restore(state)
+        except Exception as error:  # whatever a damaged state breaks in decoding it
+            self._restore(before)  # all or nothing: the allocator stays as it was
+            raise DamagedStateError(
+                f"the saved state of allocator {self.name} is damaged ({type(error).__name__}: {error})"
+            ) from error
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.steps = int(state["steps"])
         self.rollouts_drawn_total = int(state["rollouts_drawn_total"])
         self._pending = _StepFigures()
         self._drawn = np.zeros(0, dtype=np.int64)
         self._load_state(state["state"])
+
+    def settings_changes(self, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Settings that differ between a saved state and this allocator: name -> (saved, now).
+        A resume may change them on purpose; the caller reports them."""
+        saved, now = state.get("settings", {}), self._settings()
+        return {key: (saved.get(key), now.get(key)) for key in sorted(saved.keys() | now.keys())
+                if saved.get(key) != now.get(key)}
 
     def metrics(self) -> dict[str, float]:
         """Figures over every ``finish`` since the last call, then reset: one trainer step may
@@ -393,6 +422,12 @@ class RolloutAllocator(ABC):
             sizes[i] = size
             left -= size
         return sizes
+
+    def check_step(self, budget: int) -> None:
+        """Refuse, before a run starts, a per-step budget the step loop could not serve: one
+        that cannot be spread over the prompts this allocator asks for, when it cannot skip."""
+        if not self.skips_prompts:
+            self.check_budget(self.prompts_wanted(budget), budget)
 
     def check_budget(self, size: int, budget: int) -> None:
         """Refuse a budget that no allocation within [min_samples, max_samples] can spend exactly."""

@@ -195,6 +195,22 @@ class CeroAllocator(RolloutAllocator):
         """Global mode paces each step's total itself: the shared step loop must not refill it."""
         return self.budget_mode == "global"
 
+    @property
+    def skips_prompts(self) -> bool:
+        return self.budget_mode == "step" and self.skip
+
+    def check_step(self, budget: int) -> None:
+        try:
+            super().check_step(budget)
+        except AllocatorError as error:
+            most = self.n_samples_per_prompt / self.min_samples
+            raise AllocatorError(
+                f"{error}. With --allocator.cero.skip false every one of the {self.prompts_wanted(budget)} prompts a "
+                f"step takes (--allocator.cero.prompt_oversample={self.prompt_oversample:g} x the rollout batch) gets "
+                f"at least {self.min_samples} rollouts: set --allocator.cero.prompt_oversample to at most {most:g}, "
+                "or keep --allocator.cero.skip true"
+            ) from None
+
     def prompts_wanted(self, budget: int) -> int:
         if self.budget_mode == "step":
             return math.ceil(int(budget) * self.prompt_oversample / self.n_samples_per_prompt)

@@ -72,6 +72,7 @@ def classify_pilots(means: np.ndarray, band_low: float, band_high: float) -> np.
 @register_allocator
 class PilotCommitAllocator(RolloutAllocator):
     name = "pilot_commit"
+    skips_prompts = True  # out-of-band pilots are not trained
     options = (
         OptionSpec("n_pilot", int, 0, "pilot rollouts per prompt; 0 = a quarter of --rollout.n_samples_per_prompt "
                    "(the paper's 16 of 64), at least 4 (at most n)"),

@@ -171,8 +171,6 @@ class CeroAllocator(RolloutAllocator):
     def _plan(self, prompt_ids: np.ndarray, budget: int) -> np.ndarray:
         rows = self.table.lookup_or_insert(prompt_ids)
         self._planned_ids, self._planned_rows = prompt_ids.copy(), rows
-        if prompt_ids.size == 0:
-            return np.zeros(0, dtype=np.int64)
         log_mu = self.table.columns["log_dual"][rows].astype(np.float64)
         cumulative = self.table.columns["cumulative"][rows].astype(np.float64)
         if self.budget_mode == "step" and self.skip:

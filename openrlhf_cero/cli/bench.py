@@ -120,6 +120,56 @@ def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+Task = tuple[Scenario, str, int, "Mapping[str, Any] | None"]
+
+
+def run_tasks(tasks: Sequence[Task], jobs: int = 1, progress: bool = True, desc: str = "") -> dict[tuple[str, str, int], RunRecord | str]:
+    """Every (scenario, entry, seed, options) run, over ``jobs`` processes: a record, or the
+    message of the AllocatorError it stopped with, keyed by (scenario name, entry, seed). In one
+    process, an entry that failed on a seed is not run on the next ones."""
+    from tqdm import tqdm
+
+    results: dict[tuple[str, str, int], RunRecord | str] = {}
+    total = sum(task[0].total_rollouts for task in tasks)
+    with tqdm(total=total, unit="rollout", unit_scale=True, disable=not progress, desc=desc) as bar:
+        if jobs <= 1:
+            with quiet_step_loop():
+                for sc, name, seed, options in tasks:
+                    bar.set_postfix_str(f"{name} seed {seed}")
+                    before = bar.n
+                    if any(isinstance(v, str) for (scn, n, _), v in results.items() if (scn, n) == (sc.name, name)):
+                        results[(sc.name, name, seed)] = "skipped after a failure"
+                    else:
+                        try:
+                            results[(sc.name, name, seed)] = run_allocator(sc, name, seed, options, on_step=bar.update)
+                        except AllocatorError as exc:
+                            results[(sc.name, name, seed)] = str(exc)
+                    bar.update(max(0, sc.total_rollouts - (bar.n - before)))
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                for task, (name, seed, result) in zip(tasks, pool.map(_run_one, tasks)):
+                    results[(task[0].name, name, seed)] = result
+                    bar.set_postfix_str(f"{name} seed {seed}")
+                    bar.update(task[0].total_rollouts)
+    return results
+
+
+def collect(
+    scenario: Scenario, allocators: Sequence[str], seeds: Sequence[int], results: Mapping[tuple[str, str, int], Any]
+) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
+    """Per entry, its runs in seed order, or why it failed (its first failing seed's message)."""
+    records: dict[str, list[RunRecord]] = {}
+    failures: dict[str, str] = {}
+    for name in allocators:
+        runs = [results[(scenario.name, name, seed)] for seed in seeds]
+        failed = [r for r in runs if isinstance(r, str)]
+        if failed:
+            failures[name] = failed[0]
+        else:
+            records[name] = runs  # type: ignore[assignment]
+    return records, failures
+
+
 def run_benchmark(
     scenario: Scenario,
     allocators: Sequence[str],
@@ -130,42 +180,9 @@ def run_benchmark(
 ) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
     """Every allocator on every seed, over ``jobs`` processes; returns the records and, per
     allocator that failed, why (its first failing seed's message)."""
-    from tqdm import tqdm
-
     tasks = [(scenario, name, seed, (allocator_options or {}).get(name)) for name in allocators for seed in seeds]
-    results: dict[tuple[str, int], RunRecord | str] = {}
-    with tqdm(total=len(tasks) * scenario.total_rollouts, unit="rollout", unit_scale=True, disable=not progress,
-              desc=scenario.name) as bar:
-        if jobs <= 1:
-            with quiet_step_loop():
-                for sc, name, seed, options in tasks:
-                    bar.set_postfix_str(f"{name} seed {seed}")
-                    if any(isinstance(results.get((name, s)), str) for s in seeds):
-                        results[(name, seed)] = "skipped after a failure"
-                        bar.update(scenario.total_rollouts)
-                        continue
-                    before = bar.n
-                    try:
-                        results[(name, seed)] = run_allocator(sc, name, seed, options, on_step=bar.update)
-                    except AllocatorError as exc:
-                        results[(name, seed)] = str(exc)
-                    bar.update(max(0, scenario.total_rollouts - (bar.n - before)))
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                for name, seed, result in pool.map(_run_one, tasks):
-                    results[(name, seed)] = result
-                    bar.set_postfix_str(f"{name} seed {seed}")
-                    bar.update(scenario.total_rollouts)
-    records: dict[str, list[RunRecord]] = {}
-    failures: dict[str, str] = {}
-    for name in allocators:
-        runs = [results[(name, seed)] for seed in seeds]
-        failed = [r for r in runs if isinstance(r, str)]
-        if failed:
-            failures[name] = failed[0]
-        else:
-            records[name] = runs  # type: ignore[assignment]
-    return records, failures
+    results = run_tasks(tasks, jobs, progress, scenario.name)
+    return collect(scenario, allocators, seeds, results)
 
 
 def report(scenario: Scenario, records: dict[str, list[RunRecord]], failures: Mapping[str, str]) -> str:
@@ -242,13 +259,20 @@ def write_docs(
     from openrlhf_cero.sim.plots import plot_all
 
     start_all = time.perf_counter()
+    scenarios = [make_scenario(name) for name in DEFAULT_SCENARIOS]
+    # One pool for every scenario's runs, so that no process waits at a scenario's end; the
+    # last scenario first, so its (often slowest) runs do not make the tail.
+    tasks = [
+        (scenario, name, seed, options.get(name)) for scenario in reversed(scenarios) for name in allocators
+        for seed in seeds
+    ]
+    all_results = run_tasks(tasks, jobs, progress, "write-docs")
     sections: list[str] = []
     results: dict[str, tuple[Scenario, dict[str, list[RunRecord]]]] = {}
-    for name in DEFAULT_SCENARIOS:
-        scenario = make_scenario(name)
-        start = time.perf_counter()
-        records, failures = run_benchmark(scenario, allocators, seeds, options, progress, jobs)
-        elapsed = time.perf_counter() - start
+    for scenario in scenarios:
+        name = scenario.name
+        records, failures = collect(scenario, allocators, seeds, all_results)
+        run_seconds = sum(r.extra.get("wall_seconds", 0.0) for runs in records.values() for r in runs)
         sections += [f"## Scenario `{name}`", "", "```json", json.dumps(scenario.to_dict()), "```", ""]
         sections += [report(scenario, records, failures), ""]
         if records:
@@ -257,7 +281,7 @@ def write_docs(
             for path in plot_all(scenario, records, figures, name):
                 sections.append(f"![{path.stem}](figures/{path.name})")
             sections.append("")
-        sections.append(f"Benchmark wall time for this scenario: {elapsed:.0f} s ({jobs} process(es)).")
+        sections.append(f"Run time of this scenario's runs, summed: {run_seconds:.0f} s.")
         sections.append("")
     parts = [
         "# Benchmarks (simulator)",

@@ -116,6 +116,7 @@ def run_allocator(
     """Train until ``scenario.total_rollouts`` rollouts are drawn; ``on_step`` gets each step's rollouts.
 
     ``keep_snapshots`` stores the train prompts' pass rates at every epoch start (for calibration)."""
+    started = time.perf_counter()
     world = PromptWorld(scenario, seed)
     allocator = build_allocator(allocator_name, scenario, seed, world, options)
     stream = EpochStream(world)
@@ -186,6 +187,7 @@ def run_allocator(
         extra={
             "epochs_started": stream.epoch + 1,
             "short_steps": short_steps,
+            "wall_seconds": time.perf_counter() - started,
             "world_rollouts_drawn": world.rollouts_drawn,
             "never_solved_share": float((world.successes_total[: world.n_train] == 0).mean()),
             "pass_rate_snapshots": np.array(snapshots) if keep_snapshots else None,

@@ -66,7 +66,8 @@ class PromptWorld:
         self.ids = np.array(
             [prompt_id(f"sim prompt {i} seed {seed}", f"topic {t}") for i, t in enumerate(self.topic)], dtype=np.uint64
         )
-        self._index_of = {int(pid): i for i, pid in enumerate(self.ids[: self.n_train])}
+        self._sorted = np.argsort(self.ids[: self.n_train], kind="stable")  # id -> train index by binary search
+        self._sorted_ids = self.ids[: self.n_train][self._sorted]
         self.successes_total = np.zeros(total, dtype=np.int64)  # over every rollout drawn
         self.rollouts_drawn = 0  # every reward sampled, trained or not
 
@@ -76,10 +77,17 @@ class PromptWorld:
     def pass_rates(self) -> np.ndarray:
         return np.where(self.unsolvable, 0.0, expit(self.theta))
 
+    def index_of(self, prompt_ids: np.ndarray) -> np.ndarray:
+        """Train-prompt indices of ``prompt_ids``; KeyError for an id that is not a train prompt."""
+        ids = np.asarray(prompt_ids, dtype=np.uint64)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, ids), self._sorted_ids.size - 1)
+        if ids.size and not (self._sorted_ids[pos] == ids).all():
+            raise KeyError(f"prompt id {int(ids[self._sorted_ids[pos] != ids][0])} is not a train prompt")
+        return self._sorted[pos]
+
     def pass_rates_of(self, prompt_ids: np.ndarray) -> np.ndarray:
         """Latent pass rates by prompt id (what only the oracle may see)."""
-        idx = np.fromiter((self._index_of[int(i)] for i in prompt_ids), dtype=np.int64, count=len(prompt_ids))
-        return self.pass_rates[idx]
+        return self.pass_rates[self.index_of(prompt_ids)]
 
     def mean_pass_rate(self, which: str) -> float:
         p = self.pass_rates
@@ -99,7 +107,8 @@ class PromptWorld:
         flat = (self.reward_rng.random(int(counts.sum())) < np.repeat(p, counts)).astype(np.float64)
         self.rollouts_drawn += int(counts.sum())
         np.add.at(self.successes_total, np.repeat(np.asarray(index, dtype=np.int64), counts), flat.astype(np.int64))
-        return np.split(flat, np.cumsum(counts)[:-1])
+        ends = np.cumsum(counts).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]  # np.split, without its per-piece overhead
 
     # ── learning ──
 
@@ -135,7 +144,7 @@ class PromptWorld:
         metric (mean train or held-out pass rate) rises per unit of a group's G_i, through
         its own logit, its topic and the global transfer (what only the oracle may see)."""
         sc = self.scenario
-        idx = np.fromiter((self._index_of[int(i)] for i in prompt_ids), dtype=np.int64, count=len(prompt_ids))
+        idx = self.index_of(prompt_ids)
         p = self.pass_rates
         slope = p * (1.0 - p)  # d p / d theta; 0 for unsolvable prompts (p = 0)
         counted = np.zeros(p.size, dtype=bool)

@@ -82,6 +82,11 @@ def test_best_baseline_is_the_fastest_baseline_that_reached_on_every_seed():
     records["oversample_even"][1] = _record("oversample_even", 1, None)
     records["oversample_even"][0] = _record("oversample_even", 0, 10)
     assert best_baseline(summarise(scenario, records)) == "beta_greedy"
+    # an entry that reaches the target where uniform does not is said so, not "did not reach"
+    records["uniform"] = [_record("uniform", s, None) for s in range(2)]
+    text = bench.verdict(scenario, records)
+    assert "- cero: reached the target, which uniform did not" in text
+    assert "Best baseline: **beta_greedy**" in text
 
 
 def test_parallel_runs_give_the_same_table(tmp_path, capsys):

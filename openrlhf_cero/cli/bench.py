@@ -200,9 +200,16 @@ def report(scenario: Scenario, records: dict[str, list[RunRecord]], failures: Ma
     return text
 
 
-def _against(r, reference: str) -> str:
+def _against(r, reference: str, reached: int, reference_reached: int) -> str:
+    """One clause comparing an entry with ``reference``; ``reached``: seeds on which each reached the target."""
     if r is None or r.reached == 0:
-        return f"did not reach the target where {reference} did (or neither did)"
+        if reached and not reference_reached:
+            return f"reached the target, which {reference} did not"
+        if reference_reached and not reached:
+            return f"did not reach the target, which {reference} did"
+        if not reached:
+            return f"neither it nor {reference} reached the target"
+        return f"it and {reference} reached the target on different seeds only"
     if abs(r.mean - 1.0) <= max(0.02, r.sd):
         return f"on par with {reference} ({r.mean:.2f}x, within 2% or one SD over seeds)"
     if r.mean > 1.0:
@@ -213,14 +220,17 @@ def _against(r, reference: str) -> str:
 def verdict(scenario: Scenario, records: dict[str, list[RunRecord]]) -> str:
     """One plain sentence per entry: against uniform and against the best baseline, to the target."""
     summaries = summarise(scenario, records)
+    reached = {s.allocator: s.rollouts_to_target.reached for s in summaries}
     best = best_baseline(summaries)
     lines = [f"Best baseline: **{best}**." if best else "Best baseline: none reached the target on every seed."]
     for s in summaries:
         if s.allocator == BASELINE or s.ratio_to_uniform is None:
             continue
-        line = f"- {s.allocator}: {_against(s.ratio_to_uniform, 'uniform')}"
+        line = f"- {s.allocator}: {_against(s.ratio_to_uniform, 'uniform', reached[s.allocator], reached[BASELINE])}"
         if best and best not in (BASELINE, s.allocator):
-            line += f"; {_against(s.ratio_to_best_baseline, f'the best baseline ({best})')}"
+            line += "; " + _against(
+                s.ratio_to_best_baseline, f"the best baseline ({best})", reached[s.allocator], reached[best]
+            )
         lines.append(line + ".")
     return "\n".join(lines)
 

@@ -3,8 +3,8 @@
 Runs of different allocators with the same seed share the dataset and its shuffles,
 so ratios to ``uniform`` and to the best baseline are taken per seed (paired) and then
 averaged. The best baseline of a scenario is the one of ``BASELINE_NAMES`` (uniform,
-dynamic_filtering, oversample_even, beta_greedy) with the highest mean speed-up against
-uniform among those that reached the target on every seed.
+dynamic_filtering, oversample_even, beta_greedy) with the fewest mean rollouts to target
+among those that reached it on every seed.
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ def _ratios(reference: dict[int, float], runs: list[RunRecord], to_target: list[
 
 
 def best_baseline(summaries: list[AllocatorSummary]) -> str | None:
-    """The baseline with the highest mean speed-up against uniform among those that reached
-    the target on every seed (uniform itself included); None if none did."""
-    best, best_ratio = None, -math.inf
+    """The baseline (uniform included) with the fewest mean rollouts to target among those
+    that reached it on every seed; None if none did."""
+    best, fewest = None, math.inf
     for s in summaries:
-        r = s.ratio_to_uniform
-        if s.allocator in BASELINE_NAMES and r is not None and r.reached == r.seeds and r.mean > best_ratio:
-            best, best_ratio = s.allocator, r.mean
+        r = s.rollouts_to_target
+        if s.allocator in BASELINE_NAMES and r.seeds and r.reached == r.seeds and r.mean < fewest:
+            best, fewest = s.allocator, r.mean
     return best
 
 
@@ -161,7 +161,7 @@ def markdown_table(scenario: Scenario, summaries: list[AllocatorSummary], equal_
         f"Mean ± sample SD over {seeds} seed(s). Final pass rates at equal rollouts "
         f"({equal_rollouts:,} per run). Speed-up: the reference's rollouts to target divided by the entry's, "
         f"per seed; the best baseline here is **{best or 'none (no baseline reached the target on every seed)'}** "
-        "(of uniform, dynamic_filtering, oversample_even, beta_greedy: the highest mean speed-up vs uniform). "
+        "(of uniform, dynamic_filtering, oversample_even, beta_greedy: the fewest mean rollouts to target). "
         "Effective-rollout ratio: rollouts in trained groups with mixed rewards / rollouts drawn "
         "(skipped prompts' and filtered groups' rollouts included)."
     )

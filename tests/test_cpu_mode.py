@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import json
 import socket
 import subprocess
@@ -142,6 +143,8 @@ def test_ray_init_kwargs_carry_worker_setup():
 
 
 def test_worker_hook_pins_threads_and_seeds(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # the hook's import patches stay here
+    monkeypatch.setattr(cpu, "_ppo_seeding_installed", False)
     monkeypatch.setenv("OPENRLHF_CERO_CPU", "1")
     monkeypatch.setenv("OPENRLHF_CERO_CPU_SEED", "123")
     threads = torch.get_num_threads()
@@ -153,6 +156,59 @@ def test_worker_hook_pins_threads_and_seeds(monkeypatch):
         assert torch.equal(torch.rand(3), first)
     finally:
         torch.set_num_threads(threads)
+
+
+FAKE_PPO_TRAINER = """
+from types import SimpleNamespace
+from torch.utils.data import DataLoader
+
+
+class Trainer:  # what OpenRLHF's ActorPPOTrainer.ppo_train does with its replay buffer
+    def __init__(self, steps, wrapped=True):
+        engine = SimpleNamespace(global_steps=steps)  # DeepSpeed's count, kept in checkpoints
+        self.actor = SimpleNamespace(model=engine) if wrapped else engine
+        self.args = SimpleNamespace(train=SimpleNamespace(seed=42))
+
+    def ppo_train(self, kl_ctl):
+        return [int(i) for batch in DataLoader(range(16), batch_size=4, shuffle=True) for i in batch]
+"""
+
+
+def test_ppo_updates_are_seeded_by_optimizer_step(tmp_path, monkeypatch):
+    """Issue 11: the replay-buffer shuffle draws from the process's torch generator, which
+    a resumed actor process has not advanced (checkpoints do not save it). CPU mode seeds
+    each update from (--train.seed, optimizer steps), which the checkpoint restores; the
+    patch lands when the module is imported."""
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "fake_ppo_trainer_issue11.py").write_text(FAKE_PPO_TRAINER)
+    monkeypatch.delitem(sys.modules, "fake_ppo_trainer_issue11", raising=False)
+    cpu._after_import("fake_ppo_trainer_issue11", lambda module: cpu._seed_ppo_train(module.Trainer, "actor"))
+    trainer_cls = importlib.import_module("fake_ppo_trainer_issue11").Trainer
+    monkeypatch.delitem(sys.modules, "fake_ppo_trainer_issue11")
+    unseeded = trainer_cls.ppo_train.__wrapped__
+
+    torch.manual_seed(0)
+    uninterrupted = [trainer_cls(steps).ppo_train(0.0) for steps in range(3)]
+    assert len({tuple(order) for order in uninterrupted}) == 3  # still shuffled, per step
+    torch.manual_seed(0)
+    assert unseeded(trainer_cls(2), 0.0) != uninterrupted[2]  # a fresh process draws step 1's order
+
+    torch.manual_seed(123)  # a resumed process: its generator is wherever it is
+    torch.rand(5)
+    before = torch.get_rng_state()
+    assert trainer_cls(2).ppo_train(0.0) == uninterrupted[2]
+    assert torch.equal(torch.get_rng_state(), before)  # the process's generator is left alone
+    cpu._seed_ppo_train(trainer_cls, "actor")  # idempotent
+    assert trainer_cls(2, wrapped=False).ppo_train(0.0) == uninterrupted[2]  # the critic holds the engine
+
+
+@pytest.mark.parametrize("module_name", sorted(cpu._PPO_TRAINERS))
+def test_ppo_seeding_targets_exist_in_openrlhf(module_name):
+    class_name, model_attr = cpu._PPO_TRAINERS[module_name]
+    source = Path(importlib.util.find_spec(module_name).origin).read_text()  # without importing DeepSpeed
+    assert f"class {class_name}(" in source and "def ppo_train(self" in source
+    assert f"self.{model_attr} = {model_attr}" in source and "shuffle=should_shuffle" in source
 
 
 # --- shims -----------------------------------------------------------------------------------
@@ -253,6 +309,45 @@ def test_n_samples_are_distinct_and_deterministic_for_a_seed(model_dir):
     a = run(collect(make_engine(model_dir, seed=1), PROMPT, seeded)).outputs[0].token_ids
     b = run(collect(make_engine(model_dir, seed=2), PROMPT, seeded)).outputs[0].token_ids
     assert a == b
+
+
+def test_samples_follow_the_weights_and_survive_an_engine_restart(model_dir):
+    """Issue 11: a resumed run starts a new engine process and broadcasts the checkpoint's
+    weights to it before generating (``PPOTrainer.fit``), as the uninterrupted run's engine
+    received them after that step. Both must then draw the same samples: the seeds may
+    depend on the weights and on visits since the last weight load, not on the engine's
+    history (a process-lifetime visit counter restarts at 0 after a restart)."""
+    params = vllm.SamplingParams(temperature=1.0, max_tokens=10, ignore_eos=True)
+
+    def draw(engine, num_samples):  # RolloutRayActor.generate_responses: n=1 requests
+        async def requests():
+            return await asyncio.gather(*(collect(engine, PROMPT, params, f"r{i}") for i in range(num_samples)))
+
+        return [tuple(out.outputs[0].token_ids) for out in run(requests())]
+
+    def load(engine, weights):  # what WorkerWrap.update_weight does after the broadcast
+        engine._worker.model_runner.model.load_weights(weights.items())
+
+    running = make_engine(model_dir, seed=7)
+    pretrained = {name: p.detach().clone() for name, p in running._model.named_parameters()}
+    noise = torch.Generator().manual_seed(0)
+    # A small step: the same random numbers would mostly give the same tokens again.
+    trained = {name: p + 1e-3 * torch.randn(p.shape, generator=noise) for name, p in pretrained.items()}
+
+    step1 = draw(running, 2)
+    load(running, trained)
+    step2, step2_more = draw(running, 2), draw(running, 2)
+    assert len({*step1, *step2, *step2_more}) == 6  # fresh per visit, and for new weights
+
+    restarted = make_engine(model_dir, seed=7)  # a resume: new process, checkpoint weights
+    load(restarted, trained)
+    assert draw(restarted, 2) == step2
+    assert draw(restarted, 2) == step2_more
+
+    # Only the weights count, not how the engine got them or what it drew before.
+    load(running, pretrained)
+    assert draw(running, 2) == step1
+    assert draw(make_engine(model_dir, seed=8), 2) != step1  # the engine seed still counts
 
 
 def test_stop_tokens_and_min_tokens(model_dir):

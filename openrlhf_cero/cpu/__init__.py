@@ -154,6 +154,7 @@ def setup_ray_worker() -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
         _seed_process_rngs(int(os.environ.get(CPU_SEED_ENV, DEFAULT_PROCESS_SEED)))
+        _seed_ppo_updates_by_step()
 
 
 def _seed_process_rngs(seed: int) -> None:
@@ -173,6 +174,87 @@ def _seed_process_rngs(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
+
+
+# OpenRLHF's trainers whose ``ppo_train`` shuffles the replay buffer, and the attribute
+# holding the model they step (an ``Actor`` around the DeepSpeed engine, or the engine).
+_PPO_TRAINERS = {
+    "openrlhf.trainer.ray.ppo_actor": ("ActorPPOTrainer", "actor"),
+    "openrlhf.trainer.ray.ppo_critic": ("CriticPPOTrainer", "critic"),
+}
+_ppo_seeding_installed = False
+
+
+def _seed_ppo_updates_by_step() -> None:
+    """Seed each PPO update from (``--train.seed``, optimizer steps so far), so a resumed
+    run updates the model exactly as the uninterrupted one did.
+
+    ``ppo_train`` shuffles the replay buffer with a ``DataLoader(shuffle=True)``, which
+    draws its seed from the process's torch generator, and OpenRLHF's checkpoints do not
+    save that generator: after ``--ckpt.load_enable`` step k+1 took the draw of step 1
+    and grouped the samples into other micro-batches, so the update differed by rounding
+    (bf16) and every later step with it. The optimizer step count is in the DeepSpeed
+    checkpoint, so the seed is restored with it. The patch is applied when OpenRLHF
+    imports the module (engine workers, which never import DeepSpeed, stay clean).
+    """
+    global _ppo_seeding_installed
+    if _ppo_seeding_installed:
+        return
+    _ppo_seeding_installed = True
+    for name, (class_name, model_attr) in _PPO_TRAINERS.items():
+        _after_import(name, lambda module, c=class_name, m=model_attr: _seed_ppo_train(getattr(module, c), m))
+
+
+def _seed_ppo_train(trainer_cls: type, model_attr: str) -> None:
+    import functools
+    import hashlib
+
+    import torch
+
+    ppo_train = trainer_cls.ppo_train
+    if getattr(ppo_train, "_cpu_mode_seeded", False):
+        return
+
+    @functools.wraps(ppo_train)
+    def seeded_ppo_train(self, *args: Any, **kwargs: Any) -> Any:
+        model = getattr(self, model_attr)
+        engine = model if hasattr(model, "global_steps") else model.model  # Actor wraps the engine
+        key = f"ppo_train|{self.args.train.seed}|{int(engine.global_steps)}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ppo_train(self, *args, **kwargs)
+
+    seeded_ppo_train._cpu_mode_seeded = True  # type: ignore[attr-defined]
+    trainer_cls.ppo_train = seeded_ppo_train
+
+
+def _after_import(module_name: str, patch: Any) -> None:
+    """Run ``patch(module)`` once ``module_name`` is imported (now, if it already is)."""
+    import importlib.abc
+
+    if module_name in sys.modules:
+        patch(sys.modules[module_name])
+        return
+
+    class PatchAfterImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname != module_name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module: types.ModuleType) -> None:
+                exec_module(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, PatchAfterImport())
 
 
 def _worker_pythonpath() -> str:

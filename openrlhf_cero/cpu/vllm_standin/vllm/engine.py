@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import torch
 
 from vllm.cuda_as_cpu import CudaAsCpu
 from vllm.engine_args import AsyncEngineArgs
-from vllm.hf_generation import generate_completion, request_seed
+from vllm.hf_generation import generate_completion, request_seed, weights_fingerprint
 from vllm.model_access import ModelAccess
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
@@ -74,13 +75,18 @@ class AsyncLLMEngine:
         max_model_len = engine_args.max_model_len or getattr(hf_config, "max_position_embeddings", 2048)
         self.model_config = ModelConfig(engine_args.model, dtype, max_model_len, engine_args.logprobs_mode)
         self._eos_ids = self._find_eos_ids()
+        # Sampling seeds are keyed by the weights (their fingerprint, recomputed lazily after
+        # a load) and by the visits of a prompt since the last load: see _seeds.
+        self._seed_lock = threading.Lock()
+        self._weights_key: str | None = None
+        self._prompt_visits: Counter[str] = Counter()
         self._worker = build_worker(engine_args.worker_extension_cls, self._model, self.model_config)
+        self._rekey_after_weight_loads(self._worker.model_runner.model)
 
         self.output_processor = RequestCounter()
         self._access = ModelAccess()
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="standin-generate")
         self._rpc_thread = ThreadPoolExecutor(1, thread_name_prefix="standin-rpc")
-        self._prompt_visits: Counter[str] = Counter()
         self._asleep: set[str] = set()
 
     @classmethod
@@ -96,17 +102,43 @@ class AsyncLLMEngine:
         return [eos] if isinstance(eos, int) else list(eos)
 
     # --- generation ---------------------------------------------------------------------
+    def _rekey_after_weight_loads(self, loader: Any) -> None:
+        """Every ``load_weights`` (what ``WorkerWrap.update_weight`` ends with) starts a new
+        sampling key: new weights, visits counted from 0."""
+        load_weights = loader.load_weights
+
+        def load_weights_and_rekey(weights):
+            try:
+                return load_weights(weights)
+            finally:
+                with self._seed_lock:
+                    self._weights_key = None
+                    self._prompt_visits.clear()
+
+        loader.load_weights = load_weights_and_rekey
+
     def _seeds(self, prompt_token_ids: list[int], params: SamplingParams) -> list[int]:
-        """One seed per sample; without a request seed, prompt visits keep samples fresh."""
+        """One seed per sample: the request's seed when given, else a hash of (engine seed,
+        fingerprint of the current weights, prompt tokens, visits of this prompt since the
+        weights were last loaded).
+
+        Everything in that key is restored by a resume: OpenRLHF broadcasts the checkpoint's
+        weights to the engines before the first generation (``PPOTrainer.fit``), as the
+        uninterrupted run did after that step, and both then start counting visits from 0.
+        A process-lifetime visit counter would restart at 0 on a resume and draw other
+        samples; the fingerprint keeps later steps (new weights) from reusing the random
+        numbers of earlier ones.
+        """
         if params.seed is not None:
             return [request_seed("request", params.seed, i) for i in range(params.n)]
         key = request_seed("prompt", tuple(prompt_token_ids))
-        seeds = []
-        for _ in range(params.n):
-            visit = self._prompt_visits[key]
-            self._prompt_visits[key] += 1
-            seeds.append(request_seed("engine", self.engine_args.seed, key, visit))
-        return seeds
+        with self._seed_lock:
+            if self._weights_key is None:
+                self._weights_key = weights_fingerprint(self._model)
+            first = self._prompt_visits[key]
+            self._prompt_visits[key] += params.n
+            weights = self._weights_key
+        return [request_seed("engine", self.engine_args.seed, weights, key, first + i) for i in range(params.n)]
 
     def _max_tokens(self, prompt_len: int, params: SamplingParams) -> int:
         room = self.model_config.max_model_len - prompt_len

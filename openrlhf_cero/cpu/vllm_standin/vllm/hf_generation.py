@@ -1,10 +1,11 @@
 """One completion through transformers' ``generate``, with vLLM's sampling semantics.
 
 vLLM samples from one engine-wide generator, so its outputs depend on how requests
-were batched. Here every completion has its own seed (see ``request_seed``) and runs
-alone, so a rollout is reproducible from (engine seed, prompt, how often that prompt
-was seen) whatever the interleaving of requests: stricter than vLLM, which is what a
-CPU test wants.
+were batched. Here every completion has its own seed (see ``request_seed`` and
+``AsyncLLMEngine._seeds``) and runs alone, so a rollout is reproducible from (engine
+seed, the weights, prompt, how often that prompt was seen since the weights were
+loaded) whatever the interleaving of requests, and across a restart: stricter than
+vLLM, which is what a CPU test wants.
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ def request_seed(*parts: object) -> int:
     """A stable 63-bit seed from the given parts (hashlib: no per-process salt)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's name, dtype, shape and bytes: equal weights, equal key.
+
+    About a second per GB on one core; the engine computes it once per weight update.
+    """
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            tensor = param.detach().contiguous().reshape(-1)
+            digest.update(f"{name}|{tensor.dtype}|{tuple(param.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @dataclass

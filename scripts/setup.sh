@@ -28,6 +28,6 @@ fi
 
 # DeepSpeed JIT-compiles its CPU Adam and shared-memory comm ops on first use (about
 # two minutes on 2 cores); build them once here, into $TORCH_EXTENSIONS_DIR or by default
-# ~/.cache/openrlhf_cero/torch_extensions, where every later run finds them.
+# ~/.cache/openrlhf_cero/torch_extensions/<hash of this venv>, where every later run finds them.
 OPENRLHF_CERO_CPU=1 python -m openrlhf_cero.cpu.prebuild_ops
 echo "setup done: $VENV ($(python -c 'import openrlhf_cero,sys; print(sys.version.split()[0])'))"

@@ -133,6 +133,9 @@ def test_ray_init_kwargs_carry_worker_setup():
     kwargs = cpu.ray_init_kwargs()
     env = kwargs["runtime_env"]["env_vars"]
     assert kwargs["num_gpus"] >= 3 and kwargs["num_cpus"] >= kwargs["num_gpus"]
+    # A cluster of its own, never one a `ray start` left running on the machine (RAY_ADDRESS
+    # is how a user asks for a running cluster; that case is tested through ray job submit).
+    assert kwargs["address"] == "local"
     assert env["OPENRLHF_CERO_CPU"] == "1" and env["DS_ACCELERATOR"] == "cpu"
     assert env["TORCH_EXTENSIONS_DIR"] == paths.torch_extensions_dir()
     for key in ("TOKENIZERS_PARALLELISM", "NCCL_DEBUG", "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"):

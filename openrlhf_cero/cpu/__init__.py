@@ -294,4 +294,12 @@ def ray_init_kwargs(num_gpus: int = DEFAULT_LOGICAL_GPUS, num_cpus: int = DEFAUL
         # A running cluster (``ray start``, ``ray job submit``): its resources are set there,
         # e.g. ``ray start --head --num-cpus 8 --num-gpus 4``; only the runtime env is ours.
         return {"runtime_env": runtime_env}
-    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "include_dashboard": False, "runtime_env": runtime_env}
+    # "local": always a cluster of our own. Without it ray.init joins any cluster some
+    # `ray start` left on this machine, and then refuses num_cpus / num_gpus.
+    return {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "include_dashboard": False,
+        "runtime_env": runtime_env,
+    }

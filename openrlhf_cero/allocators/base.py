@@ -218,13 +218,7 @@ class RolloutAllocator(ABC):
         if keep.shape != ids.shape:
             raise AllocatorError(f"{self.name}.finish returned {keep.shape} flags for {ids.size} prompts")
         sizes = self._drawn
-        bad = keep & ((sizes < self.min_samples) | (sizes > self.max_samples))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise AllocatorError(
-                f"{self.name} kept prompt {int(ids[i])} with {sizes[i]} samples, outside "
-                f"[min_samples, max_samples] = [{self.min_samples}, {self.max_samples}]"
-            )
+        self._check_trained_sizes(ids[keep], sizes[keep], "kept prompt {id} with {size} samples")
         self.rollouts_drawn_total += int(sizes.sum())
         self._pending.add(scores, sizes, keep)
         self._drawn = np.zeros(0, dtype=np.int64)
@@ -276,13 +270,7 @@ class RolloutAllocator(ABC):
         sizes = np.fromiter(map(len, scores), dtype=np.int64, count=len(scores))
         if added.shape != ids.shape or (added < 0).any() or (added > sizes).any():
             raise AllocatorError(f"{self.name}.finish_fallback: added rollouts {added.tolist()} do not fit the groups")
-        bad = (sizes < self.min_samples) | (sizes > self.max_samples)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise AllocatorError(
-                f"{self.name} fallback group of prompt {int(ids[i])} has {sizes[i]} samples, outside "
-                f"[min_samples, max_samples] = [{self.min_samples}, {self.max_samples}]"
-            )
+        self._check_trained_sizes(ids, sizes, "fallback group of prompt {id} has {size} samples")
         if not ids.size:
             return
         self.rollouts_drawn_total += int(added.sum())
@@ -500,6 +488,16 @@ class RolloutAllocator(ABC):
                 f"prompt {int(ids[i])} has {sizes[i]} rewards but {int(self._drawn[i])} rollouts were planned for it"
             )
         return scores
+
+    def _check_trained_sizes(self, ids: np.ndarray, sizes: np.ndarray, what: str) -> None:
+        """Every trained group within [min_samples, max_samples]; ``what`` names the first that is not."""
+        bad = (sizes < self.min_samples) | (sizes > self.max_samples)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise AllocatorError(
+                f"{self.name} {what.format(id=int(ids[i]), size=int(sizes[i]))}, outside "
+                f"[min_samples, max_samples] = [{self.min_samples}, {self.max_samples}]"
+            )
 
     def _check_counts(self, ids: np.ndarray, counts: np.ndarray, where: str) -> None:
         if counts.shape != ids.shape:

@@ -72,7 +72,7 @@ def _simulated_real_results() -> dict:
     successes = _counts(256, 16, seed=1)
     skeleton = {
         "config": dict(train_size=256, eval_size=128, batch_prompts=16, n=8, min_samples=2, max_samples=32, total_rollouts=256 * 8 * 10),
-        "start_pass_counts": {"successes": successes.tolist(), "trials": 16, "buckets": 8},
+        "warmup": {"train_prompts": {"samples": 16, "pass_rate": (successes / 16).tolist(), "bucket": [i % 8 for i in range(256)]}},
         "runs": {},
     }
     real = parse_real_results({**skeleton, "runs": {"u": {"allocator": "uniform", "seed": 0, "evals": [{"rollouts": 0, "train": 0, "held_out": 0}]}}})
@@ -123,6 +123,6 @@ def test_t_interval_matches_scipy_and_skips_unreached_seeds():
     assert t_interval([math.nan]).text() == "not reached"
 
 
-def test_results_without_start_pass_counts_name_the_missing_key():
-    with pytest.raises(RealResultsError, match="start_pass_counts"):
-        parse_real_results({"config": {}, "runs": {}})
+def test_results_without_starting_pass_rates_name_the_missing_key():
+    with pytest.raises(RealResultsError, match="'warmup'.* has no 'train_prompts'"):
+        parse_real_results({"config": {}, "warmup": {}, "runs": {}})

@@ -71,10 +71,16 @@ def _need(mapping: Mapping[str, Any], key: str, where: str) -> Any:
 
 
 def parse_real_results(results: Mapping[str, Any], source: str = "results") -> RealRun:
+    """The real run's results as the benchmark writes them: ``config``, ``runs`` (each with
+    ``evals`` of rollouts / train / held_out) and ``warmup.train_prompts`` (each training
+    prompt's sampled starting pass rate over ``samples`` draws, and its bucket)."""
     config = _need(results, "config", source)
-    start = _need(results, "start_pass_counts", source)
-    successes = np.asarray(_need(start, "successes", f"{source}['start_pass_counts']"), dtype=np.int64)
-    trials = np.broadcast_to(np.asarray(_need(start, "trials", f"{source}['start_pass_counts']"), dtype=np.int64), successes.shape)
+    table = _need(_need(results, "warmup", source), "train_prompts", f"{source}['warmup']")
+    where = f"{source}['warmup']['train_prompts']"
+    trials = int(_need(table, "samples", where))
+    rates = np.asarray(_need(table, "pass_rate", where), dtype=np.float64)
+    successes = np.rint(rates * trials).astype(np.int64)  # rates were written as counts / samples
+    buckets = len(set(_need(table, "bucket", where)))
     curves: dict[str, list[RealCurve]] = {}
     for key, run in _need(results, "runs", source).items():
         evals = run.get("evals") or []
@@ -101,9 +107,9 @@ def parse_real_results(results: Mapping[str, Any], source: str = "results") -> R
         min_samples=int(_need(config, "min_samples", "config")),
         max_samples=int(_need(config, "max_samples", "config")),
         total_rollouts=int(_need(config, "total_rollouts", "config")),
-        buckets=int(start.get("buckets", 1)),
+        buckets=buckets,
         start_successes=successes,
-        start_trials=np.array(trials),
+        start_trials=np.full(successes.size, trials, dtype=np.int64),
         curves=curves,
     )
 

@@ -1,0 +1,109 @@
+"""Command line of the small-model GRPO benchmark.
+
+    PYTHONPATH=. python -m benchmarks.small_model --preset cpu --out OUT [--allocators ...] [--seeds 0,1]
+    PYTHONPATH=. python -m benchmarks.small_model --smoke --out /tmp/small_model_smoke      # CPU, a minute
+    PYTHONPATH=. python -m benchmarks.small_model --report docs/results/small_model_cpu.json [--plot PREFIX]
+    PYTHONPATH=. python -m benchmarks.small_model --sweep docs/results/small_model_cpu_lr_sweep.json
+
+``benchmarks/small_model_grpo.py`` is the same command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from benchmarks.small_model import config as presets
+from benchmarks.small_model.config import ALL_ALLOCATORS, Config
+from benchmarks.small_model.grpo import write_json
+from benchmarks.small_model.report import markdown_report, plot, settings_table, summarise, sweep_table
+from benchmarks.small_model.runs import merge_results, run_all
+
+SKIPPED_FIELDS = ("deadline", "allocator_options")
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The preset (smoke, cpu or the GPU defaults), then every flag given explicitly."""
+    settings = dict(presets.SMOKE) if args.smoke else dict(presets.CPU) if args.preset == "cpu" else {}
+    for name in Config.__dataclass_fields__:
+        value = getattr(args, name, None)
+        if value is not None and name not in SKIPPED_FIELDS:
+            settings[name] = value
+    settings["allocator_options"] = json.loads(args.allocator_options)
+    if args.time_limit:
+        settings["deadline"] = time.time() + args.time_limit
+    return Config(**settings)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="GRPO with the rollout allocators on a small transformer (arithmetic).")
+    p.add_argument("--out", type=Path, help="folder for results.json and log.txt")
+    p.add_argument("--allocators", default=",".join(ALL_ALLOCATORS))
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes sharing the device)")
+    p.add_argument("--time-limit", type=float, default=0.0, help="seconds from start after which runs stop")
+    p.add_argument("--smoke", action="store_true", help="tiny CPU setting for debugging")
+    p.add_argument("--preset", choices=("gpu", "cpu"), default="gpu", help="base setting; flags override it")
+    p.add_argument("--report", type=Path, nargs="+", help="print the page's tables from results.json files "
+                   "(same settings, other seeds) instead of running")
+    p.add_argument("--sweep", type=Path, nargs="+", help="print the learning-rate sweep table from results files")
+    p.add_argument("--plot", help="with --report: write PNG plots with this path prefix")
+    p.add_argument("--gain-share", type=float, default=0.5, help="target = start + this share of uniform's gain")
+    p.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    for f in Config.__dataclass_fields__.values():
+        if f.name in SKIPPED_FIELDS:
+            continue
+        kind = type(f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+    p.add_argument("--allocator-options", default="{}", help='JSON, e.g. {"cero": {"prompt_oversample": 2}}')
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.sweep:
+        print(sweep_table([json.loads(path.read_text()) for path in args.sweep]))
+        return 0
+    if args.report:
+        results = merge_results([json.loads(path.read_text()) for path in args.report])
+        print(markdown_report(results, gain_share=args.gain_share))
+        print()
+        print(settings_table(results))
+        if args.plot:
+            print("\n".join(plot(results, args.plot)), file=sys.stderr)
+        return 0
+    if args.out is None:
+        parser().error("--out is required unless --report or --sweep is given")
+    cfg = build_config(args)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: use --preset cpu (or --smoke for a quick check)", file=sys.stderr)
+        return 2
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "log.txt"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with log_path.open("a") as fh:
+            fh.write(line + "\n")
+
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    allocators = [a for a in args.allocators.split(",") if a]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = run_all(cfg, allocators, seeds, args.out, args.jobs, log, args.checkpoint)
+    results["total_seconds"] = time.time() - started
+    write_json(args.out / "results.json", results)
+    if summarise(results):
+        log(markdown_report(results, gain_share=args.gain_share))
+    log(f"total {time.time() - started:.0f} s")
+    return 0

@@ -1,0 +1,62 @@
+"""The settings of a run and the named presets.
+
+``Config()``'s defaults are the GPU size (one H100/H200); :data:`CPU` is the setting measured
+on 2 CPU cores (docs/benchmarks-small-model.md), :data:`SMOKE` a tiny end-to-end check.
+Every run of one results file shares one Config: the same task, warm-up checkpoint and
+budget, so allocators differ only in how they spend rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The entries a full comparison runs: uniform, the simulator's baselines, our allocators.
+ALL_ALLOCATORS = ("uniform", "dynamic_filtering", "oversample_even", "beta_greedy", "cero", "vip", "pilot_commit")
+
+
+@dataclass
+class Config:
+    width: int = 256
+    layers: int = 4
+    heads: int = 8
+    buckets: str = ""  # comma-separated bucket names (task.BUCKET_NAMES); "" = all 22
+    data_seed: int = 0
+    train_size: int = 3000
+    eval_size: int = 2000
+    warmup_lr: float = 1e-3
+    warmup_batch: int = 256
+    warmup_target: float = 0.4  # mean sampled pass rate on the probe at which warm-up stops
+    warmup_max_steps: int = 20000
+    warmup_check_every: int = 100
+    warmup_max_seconds: float = 150.0
+    warmup_pass_samples: int = 16  # samples per training prompt for the recorded starting pass rates
+    probe_size: int = 512
+    batch_prompts: int = 64
+    n: int = 8
+    min_samples: int = 2
+    max_samples: int = 32
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    total_rollouts: int = 204800
+    eval_every: int = 5120
+    deadline: float = 0.0  # wall-clock time (time.time()) at which runs stop and keep what they have
+    allocator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "cuda"
+
+
+# Keys that may differ between results files that are merged (they do not change what is run).
+NOT_SETTINGS = ("deadline",)
+
+SMOKE: dict[str, Any] = dict(
+    width=32, layers=1, heads=2, train_size=160, eval_size=80, warmup_batch=64, warmup_target=0.15,
+    warmup_max_steps=300, warmup_check_every=50, probe_size=64, batch_prompts=8, n=4, max_samples=16,
+    total_rollouts=96, eval_every=32, device="cpu",
+)
+
+# The measured CPU setting (docs/benchmarks-small-model.md explains each choice).
+CPU: dict[str, Any] = dict(
+    width=64, layers=2, heads=4, train_size=1000, eval_size=1000, warmup_batch=128, warmup_lr=3e-3,
+    warmup_target=0.35, warmup_check_every=200, warmup_max_seconds=900, probe_size=256,
+    batch_prompts=32, n=8, lr=5e-4, total_rollouts=38400, eval_every=2560, device="cpu",
+)

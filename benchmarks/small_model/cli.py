@@ -23,7 +23,9 @@ import torch
 from benchmarks.small_model import config as presets
 from benchmarks.small_model.config import ALL_ALLOCATORS, Config
 from benchmarks.small_model.grpo import write_json
-from benchmarks.small_model.report import markdown_report, plot, settings_table, summarise, sweep_table
+from benchmarks.small_model.report import (
+    compact, fill_page, markdown_report, page_blocks, plot, settings_table, summarise, sweep_table,
+)
 from benchmarks.small_model.runs import merge_results, run_all
 
 SKIPPED_FIELDS = ("deadline", "allocator_options")
@@ -55,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
                    "(same settings, other seeds) instead of running")
     p.add_argument("--sweep", type=Path, nargs="+", help="print the learning-rate sweep table from results files")
     p.add_argument("--plot", help="with --report: write PNG plots with this path prefix")
+    p.add_argument("--save-compact", type=Path, help="with --report: also write the merged results, steps as "
+                   "rounded columns, to this path (the file committed beside the page)")
+    p.add_argument("--update-page", type=Path, help="with --report and --sweep: rewrite the generated blocks of "
+                   "this markdown page (docs/benchmarks-small-model.md) instead of printing")
     p.add_argument("--gain-share", type=float, default=0.5, help="target = start + this share of uniform's gain")
     p.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -69,11 +75,23 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.update_page:
+        if not (args.report and args.sweep):
+            parser().error("--update-page needs --report and --sweep")
+        results = merge_results([json.loads(path.read_text()) for path in args.report])
+        blocks = page_blocks(results, [json.loads(path.read_text()) for path in args.sweep], args.gain_share)
+        args.update_page.write_text(fill_page(args.update_page.read_text(), blocks))
+        if args.plot:
+            print("\n".join(plot(results, args.plot)))
+        return 0
     if args.sweep:
         print(sweep_table([json.loads(path.read_text()) for path in args.sweep]))
         return 0
     if args.report:
         results = merge_results([json.loads(path.read_text()) for path in args.report])
+        if args.save_compact:
+            args.save_compact.parent.mkdir(parents=True, exist_ok=True)
+            args.save_compact.write_text(json.dumps(compact(results), separators=(",", ":")))
         print(markdown_report(results, gain_share=args.gain_share))
         print()
         print(settings_table(results))

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from benchmarks.small_model.config import Config
-from benchmarks.small_model.model import TinyDecoder, completion_logprobs, greedy_accuracy, sample_in_chunks
-from benchmarks.small_model.task import PromptSet, build_datasets
+from benchmarks.small_model.model import (
+    TinyDecoder, completion_logprobs, greedy_accuracy, pass_rates, sample_in_chunks,
+)
+from benchmarks.small_model.task import PromptSet, rl_datasets
 from benchmarks.small_model.warmup import build_model
 from openrlhf_cero.allocators import create_allocator
 from openrlhf_cero.allocators.base import AllocatorError, RolloutAllocator
@@ -174,7 +176,8 @@ def run_allocator(
     The record holds greedy accuracies (train and held-out) against rollouts drawn and against
     optimizer steps, and per-step figures: rollouts drawn and trained, groups, mixed groups."""
     device = torch.device(cfg.device)
-    train, held_out = (s.to(device) for s in build_datasets(cfg.data_seed, cfg.train_size, cfg.eval_size, cfg.buckets))
+    train, held_out = (s.to(device) for s in rl_datasets(
+        cfg.data_seed, cfg.train_size, cfg.eval_size, cfg.buckets, cfg.rl_buckets, cfg.rl_train_size))
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
     model = build_model(cfg, device)
@@ -197,10 +200,14 @@ def run_allocator(
     start = time.time()
 
     def evaluate(cum: int, step: int) -> None:
-        record["evals"].append(
-            {"rollouts": cum, "step": step, "seconds": round(time.time() - start, 2),
-             "held_out": greedy_accuracy(model, held_out), "train": greedy_accuracy(model, train)}
-        )
+        point = {"rollouts": cum, "step": step, "held_out": greedy_accuracy(model, held_out),
+                 "train": greedy_accuracy(model, train)}
+        if cfg.eval_samples:  # sampled accuracy (mean pass rate at temperature 1), RLVR's avg@k
+            eval_generator = torch.Generator(device).manual_seed(10_000 + len(record["evals"]))
+            point["train_sampled"] = float(pass_rates(model, train, cfg.eval_samples, eval_generator).mean())
+            point["held_out_sampled"] = float(pass_rates(model, held_out, cfg.eval_samples, eval_generator).mean())
+        point["seconds"] = round(time.time() - start, 2)
+        record["evals"].append(point)
         record["wall_seconds"] = time.time() - start
         if progress_path is not None:
             write_json(progress_path, record)

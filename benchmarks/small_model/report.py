@@ -17,7 +17,42 @@ import numpy as np
 from scipy import stats
 
 METRICS = (("train", "train"), ("held_out", "held-out"))
+SAMPLED = (("train_sampled", "train sampled"), ("held_out_sampled", "held-out sampled"))
+
+
+def metrics_of(results: dict) -> tuple[tuple[str, str], ...]:
+    """Greedy accuracies always; the sampled ones (``eval_samples`` > 0) when the runs have them."""
+    runs = finished_runs(results)
+    sampled = bool(runs) and all(m in runs[0]["evals"][0] for m, _ in SAMPLED)
+    return METRICS + (SAMPLED if sampled else ())
 NOISE_MULTIPLE = 3.0  # the target's gain over the start must be at least this many eval-noise SDs
+
+
+# Per-step fields kept in the committed results (the rest are timings of the shared CPU).
+STEP_FIELDS = ("rollouts", "drawn", "trained", "groups", "mixed_groups", "mixed_rollouts", "zero_variance_share",
+               "cycles", "mean_reward", "allocator_seconds", "epoch")
+
+
+def steps_of(run: dict) -> list[dict]:
+    """A run's per-step records, whether stored as rows (as run) or as columns (compacted)."""
+    steps = run.get("steps", [])
+    if isinstance(steps, dict):
+        names = list(steps)
+        return [dict(zip(names, values)) for values in zip(*(steps[n] for n in names))]
+    return steps
+
+
+def compact(results: dict) -> dict:
+    """The results with each run's steps as rounded columns of STEP_FIELDS: a file small enough
+    to commit beside the page (about 15 KB per run), from which every figure is recomputed."""
+    out = dict(results)
+    out["runs"] = {}
+    for key, run in results["runs"].items():
+        rows = steps_of(run)
+        columns = {f: [round(s[f], 5) if isinstance(s[f], float) else s[f] for s in rows] for f in STEP_FIELDS
+                   if rows and f in rows[0]}
+        out["runs"][key] = {**run, "steps": columns}
+    return out
 
 
 # ── curves ────────────────────────────────────────────────────────────────────────────
@@ -141,7 +176,7 @@ def summarise(results: dict, metric: str = "train", gain_share: float = 0.5) -> 
     def per_run(r: dict) -> dict[str, float]:
         x, y = curve(r, metric)
         xs, ys = curve(r, metric, "step")
-        steps = r["steps"]
+        steps = steps_of(r)
         drawn = sum(s["drawn"] for s in steps)
         return {
             "final": value_at(x, y, equal_at),
@@ -240,7 +275,7 @@ def diagnostics_table(summary: dict, label: str) -> str:
 def markdown_report(results: dict, gain_share: float = 0.5) -> str:
     """Every table of the results section, as the page shows it."""
     parts = []
-    for metric, label in METRICS:
+    for metric, label in metrics_of(results):
         s = summarise(results, metric, gain_share)
         if not s:
             return "No uniform run: nothing to compare against."
@@ -254,25 +289,28 @@ def markdown_report(results: dict, gain_share: float = 0.5) -> str:
 
 
 def sweep_table(results_by_file: Sequence[dict]) -> str:
-    """Uniform's learning-rate sweep: one row per learning rate, from the sweep's results files."""
+    """Uniform's learning-rate sweep: one row per learning rate, from the sweep's results files
+    (start, gain at the end and mean over the run of each metric, mean [95% t] over seeds)."""
     rows = []
+    metrics: tuple[tuple[str, str], ...] = METRICS
     for results in results_by_file:
         runs = [r for r in finished_runs(results) if r["allocator"] == "uniform"]
         if not runs:
             continue
+        metrics = metrics_of(results)
         equal_at = float(min(r["evals"][-1]["rollouts"] for r in runs))
-        start = {m: runs[0]["evals"][0][m] for m, _ in METRICS}
         cells = []
-        for metric, _ in METRICS:
-            final = t_interval([value_at(*curve(r, metric), equal_at) - start[metric] for r in runs])
+        for metric, _ in metrics:
+            start = float(np.mean([r["evals"][0][metric] for r in runs]))
+            final = t_interval([value_at(*curve(r, metric), equal_at) - start for r in runs])
             auc = t_interval([mean_over(*curve(r, metric), equal_at) for r in runs])
-            cells += [fmt_ci(final, ".3f", True), fmt_ci(auc, ".3f")]
-        rows.append((results["config"]["lr"], len(runs), equal_at, start, cells))
-    lines = ["| lr | seeds | rollouts | train start | train gain at end | train AUC | held-out start "
-             "| held-out gain at end | held-out AUC |", "|---|---|---|---|---|---|---|---|---|"]
-    for lr, n, at, start, cells in sorted(rows, key=lambda r: r[0]):
-        lines.append(f"| {lr:g} | {n} | {at:,.0f} | {start['train']:.3f} | {cells[0]} | {cells[1]} "
-                     f"| {start['held_out']:.3f} | {cells[2]} | {cells[3]} |")
+            cells += [f"{start:.3f}", fmt_ci(final, ".3f", True), fmt_ci(auc, ".3f")]
+        rows.append((results["config"]["lr"], len(runs), equal_at, cells))
+    head = "| lr | seeds | rollouts | " + " | ".join(
+        f"{label} start | {label} gain at end | {label} AUC" for _, label in metrics) + " |"
+    lines = [head, "|" + "---|" * (3 + 3 * len(metrics))]
+    for lr, n, at, cells in sorted(rows, key=lambda r: r[0]):
+        lines.append(f"| {lr:g} | {n} | {at:,.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -285,6 +323,45 @@ def settings_table(results: dict) -> str:
     for name in allocator_names(finished_runs(results)):
         text = ", ".join(f"{k}={v}" for k, v in seen[name].items())
         lines.append(f"| {name} | {text} |")
+    return "\n".join(lines)
+
+
+def page_blocks(results: dict, sweep: Sequence[dict], gain_share: float = 0.5) -> dict[str, str]:
+    """The generated blocks of docs/benchmarks-small-model.md, by marker name."""
+    return {"report": markdown_report(results, gain_share), "settings": settings_table(results),
+            "sweep": sweep_table(sweep), "warmup": warmup_table(results)}
+
+
+def fill_page(page: str, blocks: dict[str, str]) -> str:
+    """``page`` with the text between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` replaced."""
+    for name, text in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin not in page:
+            continue
+        head, rest = page.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        page = f"{head}{begin}\n{text.strip()}\n{end}{tail}"
+    return page
+
+
+def warmup_table(results: dict) -> str:
+    """The shared starting point: the warm-up and the training prompts' starting pass rates by bucket."""
+    warm = results["warmup"]
+    table = warm["train_prompts"]
+    rates, buckets = np.array(table["pass_rate"]), np.array(table["bucket"])
+    lines = [
+        f"Warm-up: {warm['steps']:,} teacher-forcing steps, {warm['seconds']:.0f} s, {warm['parameters']:,} parameters; "
+        f"greedy accuracy at the start: train {warm['train_greedy']:.3f}, held-out {warm['held_out_greedy']:.3f}. "
+        f"Starting pass rates ({table['samples']} samples per training prompt): mean {rates.mean():.3f}, "
+        f"never solved {np.mean(rates == 0):.1%}, always solved {np.mean(rates == 1):.1%}, "
+        f"in between {np.mean((rates > 0) & (rates < 1)):.1%}.",
+        "",
+        "| bucket | training prompts | mean starting pass rate | never solved | always solved |",
+        "|---|---|---|---|---|",
+    ]
+    for b in np.unique(buckets):
+        r = rates[buckets == b]
+        lines.append(f"| `{table['bucket_names'][b]}` | {r.size} | {r.mean():.3f} | {np.mean(r == 0):.0%} | {np.mean(r == 1):.0%} |")
     return "\n".join(lines)
 
 
@@ -311,7 +388,7 @@ def plot(results: dict, prefix: str) -> list[str]:
     colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     equal_at = float(min(r["evals"][-1]["rollouts"] for r in runs))
     written = []
-    for metric, label in METRICS:
+    for metric, label in metrics_of(results):
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
         for name in names:
             mine = [r for r in runs if r["allocator"] == name]
@@ -342,8 +419,8 @@ def plot(results: dict, prefix: str) -> list[str]:
         grid = np.linspace(0, equal_at, 41)
         ys = []
         for r in mine:
-            x = np.array([s["rollouts"] for s in r["steps"]], dtype=float)
-            y = np.array([s["zero_variance_share"] for s in r["steps"]], dtype=float)
+            x = np.array([s["rollouts"] for s in steps_of(r)], dtype=float)
+            y = np.array([s["zero_variance_share"] for s in steps_of(r)], dtype=float)
             k = min(10, max(1, y.size))
             smooth = np.convolve(y, np.ones(k) / k, mode="valid")
             ys.append(np.interp(grid, x[k - 1:], smooth))

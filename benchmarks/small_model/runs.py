@@ -21,7 +21,8 @@ import torch
 
 from benchmarks.small_model.config import NOT_SETTINGS, Config
 from benchmarks.small_model.grpo import run_allocator, write_json
-from benchmarks.small_model.task import build_datasets
+from benchmarks.small_model.report import steps_of
+from benchmarks.small_model.task import build_datasets, rl_rows
 from benchmarks.small_model.model import pass_rates
 from benchmarks.small_model.warmup import build_model, prompt_table, warm_up
 
@@ -62,6 +63,17 @@ def load_or_warm_up(cfg: Config, device: torch.device, checkpoint: Path | None, 
     return state, warm
 
 
+def rl_prompt_table(cfg: Config, warm: dict[str, Any]) -> dict[str, Any]:
+    """The warm-up's per-prompt table kept to the prompts GRPO trains on (``rl_buckets``), in
+    the order of the training set: text, bucket id and sampled starting pass rate."""
+    table = warm["train_prompts"]
+    rows = rl_rows(np.array(table["bucket"]), cfg.rl_buckets, cfg.rl_train_size).tolist()
+    out = {k: v for k, v in table.items() if not isinstance(v, list) or k == "bucket_names"}
+    for key in ("text", "bucket", "pass_rate"):
+        out[key] = [table[key][i] for i in rows]
+    return out
+
+
 def run_all(
     cfg: Config, allocators: list[str], seeds: list[int], out: Path, jobs: int,
     log: Callable[[str], None] = print, checkpoint: Path | None = None,
@@ -75,7 +87,8 @@ def run_all(
     device = torch.device(cfg.device)
     state, warm = load_or_warm_up(cfg, device, checkpoint, log)
     log(f"warm-up: {json.dumps({k: v for k, v in warm.items() if k not in ('history', 'train_prompts')})}")
-    results: dict[str, Any] = {"config": asdict(cfg), "device": device_name(device), "warmup": warm, "runs": {}}
+    results: dict[str, Any] = {"config": asdict(cfg), "device": device_name(device), "warmup": warm,
+                               "train_prompts": rl_prompt_table(cfg, warm), "runs": {}}
     results_path = out / "results.json"
     write_json(results_path, results)
     if not allocators:
@@ -129,10 +142,11 @@ def run_all(
 def run_line(run: dict) -> str:
     """One log line per finished run."""
     last = run["evals"][-1]
-    zero = np.mean([s["zero_variance_share"] for s in run["steps"]]) if run["steps"] else float("nan")
+    steps = steps_of(run)
+    zero = np.mean([s["zero_variance_share"] for s in steps]) if steps else float("nan")
     return (
         f"{run['allocator']:>17} seed {run['seed']}: {last['rollouts']:>8} rollouts, "
-        f"{run.get('optimizer_steps', len(run['steps']))} optimizer steps, "
+        f"{run.get('optimizer_steps', len(steps))} optimizer steps, "
         f"held-out {last['held_out']:.3f}, train {last['train']:.3f}, zero-variance {zero:.3f}, "
         f"{run['wall_seconds']:.0f} s"
     )

@@ -149,3 +149,22 @@ def build_datasets(seed: int, train_size: int, eval_size: int, buckets: str = ""
         seen.setdefault(random_problem(rng, chosen))
     texts = list(seen)
     return make_prompt_set(texts[:train_size]), make_prompt_set(texts[train_size:])
+
+
+def rl_rows(train_buckets: np.ndarray, rl_buckets: str = "", rl_train_size: int = 0) -> np.ndarray:
+    """Rows of the training set that GRPO trains on: those in ``rl_buckets`` ("" = all), the
+    first ``rl_train_size`` of them (0 = all)."""
+    rows = np.flatnonzero(np.isin(train_buckets, bucket_indices(rl_buckets))) if rl_buckets else np.arange(train_buckets.size)
+    return rows[:rl_train_size] if rl_train_size else rows
+
+
+def rl_datasets(
+    seed: int, train_size: int, eval_size: int, buckets: str = "", rl_buckets: str = "", rl_train_size: int = 0
+) -> tuple[PromptSet, PromptSet]:
+    """The prompts GRPO trains and is evaluated on: the datasets of the warm-up's task, kept
+    to the buckets ``rl_buckets`` ("" = all), and the training set to its first ``rl_train_size``
+    such prompts (0 = all). Filtering (rather than drawing anew) keeps the held-out prompts ones
+    the warm-up never saw, and one warm-up serves every choice of RL prompts."""
+    train, held_out = build_datasets(seed, train_size, eval_size, buckets)
+    held_rows = rl_rows(held_out.buckets, rl_buckets)
+    return train.subset(rl_rows(train.buckets, rl_buckets, rl_train_size)), held_out.subset(held_rows)

@@ -21,7 +21,9 @@ class Config:
     layers: int = 4
     heads: int = 8
     buckets: str = ""  # the task: comma-separated bucket names (task.BUCKET_NAMES); "" = all 22
-    rl_buckets: str = ""  # the buckets GRPO trains and evaluates on (a subset of the task's); "" = all of them
+    # The buckets GRPO trains and evaluates on (a subset of the task's); "" = all of them; "auto" =
+    # those whose mean starting pass rate after warm-up is in runs.AUTO_BAND.
+    rl_buckets: str = ""
     rl_train_size: int = 0  # GRPO trains on the first this many training prompts of those buckets; 0 = all
     data_seed: int = 0
     train_size: int = 3000
@@ -65,6 +67,6 @@ CPU_RL_BUCKETS = "+13,+14,+24,+32,+33,*12,*21,*31,*13"
 CPU: dict[str, Any] = dict(
     width=64, layers=2, heads=4, buckets=CPU_TASK, rl_buckets=CPU_RL_BUCKETS, train_size=6000, eval_size=2000,
     rl_train_size=1500, warmup_batch=128, warmup_lr=3e-3, warmup_target=0.35, warmup_check_every=200,
-    warmup_max_seconds=900, probe_size=256, batch_prompts=32, n=8, lr=5e-4, total_rollouts=51200,
+    warmup_max_seconds=900, probe_size=256, batch_prompts=32, n=8, lr=5e-4, total_rollouts=40960,
     eval_every=2560, device="cpu",
 )

@@ -46,6 +46,10 @@ def compact(results: dict) -> dict:
     """The results with each run's steps as rounded columns of STEP_FIELDS: a file small enough
     to commit beside the page (about 15 KB per run), from which every figure is recomputed."""
     out = dict(results)
+    # The warm-up's table covers every training prompt of the warm-up task; the RL prompts' own
+    # table (results["train_prompts"]) is the one kept.
+    if "warmup" in results:
+        out["warmup"] = {k: v for k, v in results["warmup"].items() if k not in ("train_prompts", "history")}
     out["runs"] = {}
     for key, run in results["runs"].items():
         rows = steps_of(run)
@@ -288,9 +292,10 @@ def markdown_report(results: dict, gain_share: float = 0.5) -> str:
     return "\n".join(parts)
 
 
-def sweep_table(results_by_file: Sequence[dict]) -> str:
+def sweep_table(results_by_file: Sequence[dict], at: float | None = None) -> str:
     """Uniform's learning-rate sweep: one row per learning rate, from the sweep's results files
-    (start, gain at the end and mean over the run of each metric, mean [95% t] over seeds)."""
+    (start, gain and mean over the run up to ``at`` rollouts, default each file's end; mean
+    [95% t] over seeds)."""
     rows = []
     metrics: tuple[tuple[str, str], ...] = METRICS
     for results in results_by_file:
@@ -298,7 +303,7 @@ def sweep_table(results_by_file: Sequence[dict]) -> str:
         if not runs:
             continue
         metrics = metrics_of(results)
-        equal_at = float(min(r["evals"][-1]["rollouts"] for r in runs))
+        equal_at = float(at) if at else float(min(r["evals"][-1]["rollouts"] for r in runs))
         cells = []
         for metric, _ in metrics:
             start = float(np.mean([r["evals"][0][metric] for r in runs]))
@@ -328,8 +333,9 @@ def settings_table(results: dict) -> str:
 
 def page_blocks(results: dict, sweep: Sequence[dict], gain_share: float = 0.5) -> dict[str, str]:
     """The generated blocks of docs/benchmarks-small-model.md, by marker name."""
+    at = min(r["evals"][-1]["rollouts"] for r in finished_runs(results))
     return {"report": markdown_report(results, gain_share), "settings": settings_table(results),
-            "sweep": sweep_table(sweep), "warmup": warmup_table(results)}
+            "sweep": sweep_table(sweep, at), "warmup": warmup_table(results)}
 
 
 def fill_page(page: str, blocks: dict[str, str]) -> str:
@@ -345,18 +351,18 @@ def fill_page(page: str, blocks: dict[str, str]) -> str:
 
 
 def warmup_table(results: dict) -> str:
-    """The shared starting point: the warm-up and the training prompts' starting pass rates by bucket."""
-    warm = results["warmup"]
-    table = warm["train_prompts"]
+    """The shared starting point: the warm-up, and the RL training prompts' starting pass rates by bucket."""
+    warm, table = results["warmup"], results["train_prompts"]
     rates, buckets = np.array(table["pass_rate"]), np.array(table["bucket"])
+    first = finished_runs(results)[0]["evals"][0]
     lines = [
-        f"Warm-up: {warm['steps']:,} teacher-forcing steps, {warm['seconds']:.0f} s, {warm['parameters']:,} parameters; "
-        f"greedy accuracy at the start: train {warm['train_greedy']:.3f}, held-out {warm['held_out_greedy']:.3f}. "
-        f"Starting pass rates ({table['samples']} samples per training prompt): mean {rates.mean():.3f}, "
-        f"never solved {np.mean(rates == 0):.1%}, always solved {np.mean(rates == 1):.1%}, "
+        f"Warm-up: {warm['steps']:,} teacher-forcing steps, {warm['seconds']:.0f} s, {warm['parameters']:,} parameters. "
+        f"Greedy accuracy at the start of GRPO: train {first['train']:.3f}, held-out {first['held_out']:.3f}. "
+        f"Starting pass rates of the {rates.size:,} RL training prompts ({table['samples']} samples each): "
+        f"mean {rates.mean():.3f}, never solved {np.mean(rates == 0):.1%}, always solved {np.mean(rates == 1):.1%}, "
         f"in between {np.mean((rates > 0) & (rates < 1)):.1%}.",
         "",
-        "| bucket | training prompts | mean starting pass rate | never solved | always solved |",
+        "| bucket | RL training prompts | mean starting pass rate | never solved | always solved |",
         "|---|---|---|---|---|",
     ]
     for b in np.unique(buckets):

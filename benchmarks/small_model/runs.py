@@ -12,7 +12,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +63,18 @@ def load_or_warm_up(cfg: Config, device: torch.device, checkpoint: Path | None, 
     return state, warm
 
 
+AUTO_BAND = (0.05, 0.9)  # rl_buckets="auto": buckets whose mean starting pass rate lies in this band
+
+
+def auto_rl_buckets(by_bucket: dict[str, float], band: tuple[float, float] = AUTO_BAND) -> str:
+    """The buckets the warm-up left in between, neither about never nor about always solved:
+    GRPO can learn there, and the accuracy there can move (the CPU setting's choice, as a rule)."""
+    chosen = [name for name, rate in by_bucket.items() if band[0] <= rate <= band[1]]
+    if not chosen:
+        raise SystemExit(f"rl_buckets=auto: no bucket has a mean starting pass rate in {band}: {by_bucket}")
+    return ",".join(chosen)
+
+
 def rl_prompt_table(cfg: Config, warm: dict[str, Any]) -> dict[str, Any]:
     """The warm-up's per-prompt table kept to the prompts GRPO trains on (``rl_buckets``), in
     the order of the training set: text, bucket id and sampled starting pass rate."""
@@ -86,6 +98,9 @@ def run_all(
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     state, warm = load_or_warm_up(cfg, device, checkpoint, log)
+    if cfg.rl_buckets == "auto":
+        cfg = replace(cfg, rl_buckets=auto_rl_buckets(warm["train_pass_rate_n16"]["by_bucket"]))
+        log(f"rl_buckets=auto: {cfg.rl_buckets}")
     log(f"warm-up: {json.dumps({k: v for k, v in warm.items() if k not in ('history', 'train_prompts')})}")
     results: dict[str, Any] = {"config": asdict(cfg), "device": device_name(device), "warmup": warm,
                                "train_prompts": rl_prompt_table(cfg, warm), "runs": {}}

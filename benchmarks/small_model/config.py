@@ -55,7 +55,7 @@ NOT_SETTINGS = ("deadline",)
 
 SMOKE: dict[str, Any] = dict(
     width=32, layers=1, heads=2, train_size=160, eval_size=80, warmup_batch=64, warmup_target=0.15,
-    warmup_max_steps=300, warmup_check_every=50, probe_size=64, batch_prompts=8, n=4, max_samples=16,
+    warmup_max_steps=300, warmup_check_every=50, probe_size=64, batch_prompts=4, n=8, max_samples=16,
     total_rollouts=96, eval_every=32, device="cpu",
 )
 
@@ -67,6 +67,6 @@ CPU_RL_BUCKETS = "+13,+14,+24,+32,+33,*12,*21,*31,*13"
 CPU: dict[str, Any] = dict(
     width=64, layers=2, heads=4, buckets=CPU_TASK, rl_buckets=CPU_RL_BUCKETS, train_size=6000, eval_size=2000,
     rl_train_size=1500, warmup_batch=128, warmup_lr=3e-3, warmup_target=0.35, warmup_check_every=200,
-    warmup_max_seconds=900, probe_size=256, batch_prompts=32, n=8, lr=5e-4, total_rollouts=40960,
+    warmup_max_seconds=900, probe_size=256, batch_prompts=32, n=8, lr=2.5e-4, total_rollouts=40960,
     eval_every=2560, device="cpu",
 )

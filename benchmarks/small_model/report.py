@@ -173,7 +173,7 @@ def summarise(results: dict, metric: str = "train", gain_share: float = 0.5) -> 
     uniform_final = float(np.mean([value_at(*curve(r, metric), equal_at) for r in uniform]))
     noise = eval_noise(uniform, metric, equal_at)
     margin = gain_share * (uniform_final - start)
-    has_target = bool(np.isfinite(noise) and margin >= NOISE_MULTIPLE * noise)
+    has_target = bool(np.isfinite(noise) and margin > 0 and margin >= NOISE_MULTIPLE * noise)
     target = start + margin if has_target else float("nan")
     by_seed_uniform = {r["seed"]: r for r in uniform}
 
@@ -246,7 +246,8 @@ def target_lines(summary: dict, label: str) -> str:
                 f"{NOISE_MULTIPLE:.0f} noise SDs: uniform does not improve clearly, so no rollouts-to-target is reported.")
     lines = [
         head + f" Target: {summary['target']:.3f} = start + {summary['gain_share']:.0%} of uniform's gain "
-        f"({summary['margin'] / summary['noise']:.1f} noise SDs above the start).",
+        + (f"({summary['margin'] / summary['noise']:.1f} noise SDs above the start)." if summary["noise"] > 0
+           else "(the evaluations showed no noise)."),
         "",
         "| allocator | seeds reaching the target | rollouts to target | speed-up vs uniform (paired, x) | excludes 1 |",
         "|---|---|---|---|---|",

@@ -127,9 +127,13 @@ def run_all(
     if jobs <= 1:
         for name, seed in tasks:
             log(f"run {name} seed {seed}")
-            results["runs"][f"{name}/{seed}"] = run_allocator(cfg, name, seed, state, progress[(name, seed)])
+            try:
+                results["runs"][f"{name}/{seed}"] = run_allocator(cfg, name, seed, state, progress[(name, seed)])
+                log(run_line(results["runs"][f"{name}/{seed}"]))
+            except Exception as exc:  # one bad entry (e.g. options the bounds reject) must not stop the others
+                log(f"run {name} seed {seed} FAILED: {exc!r}")
+                results["runs"][f"{name}/{seed}"] = {"allocator": name, "seed": seed, "error": repr(exc)}
             write_json(results_path, results)
-            log(run_line(results["runs"][f"{name}/{seed}"]))
         return results
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:

@@ -27,6 +27,7 @@ from benchmarks.small_model.report import (
     compact, fill_page, markdown_report, page_blocks, plot, settings_table, summarise, sweep_table,
 )
 from benchmarks.small_model.runs import merge_results, run_all
+from benchmarks.small_model.task import rl_datasets
 
 SKIPPED_FIELDS = ("deadline", "allocator_options")
 
@@ -61,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
                    "rounded columns, to this path (the file committed beside the page)")
     p.add_argument("--update-page", type=Path, help="with --report and --sweep: rewrite the generated blocks of "
                    "this markdown page (docs/benchmarks-small-model.md) instead of printing")
-    p.add_argument("--gain-share", type=float, default=0.5, help="target = start + this share of uniform's gain")
+    p.add_argument("--gain-share", type=float, default=0.75, help="target = start + this share of uniform's gain")
     p.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     for f in Config.__dataclass_fields__.values():
@@ -90,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         results = merge_results([json.loads(path.read_text()) for path in args.report])
         if args.save_compact:
+            if "rl_prompts" not in results:  # results written before the sizes were recorded
+                c = results["config"]
+                train, held_out = rl_datasets(c["data_seed"], c["train_size"], c["eval_size"], c.get("buckets", ""),
+                                              c.get("rl_buckets", ""), c.get("rl_train_size", 0))
+                results["rl_prompts"] = {"train": len(train.texts), "held_out": len(held_out.texts)}
             args.save_compact.parent.mkdir(parents=True, exist_ok=True)
             args.save_compact.write_text(json.dumps(compact(results), separators=(",", ":")))
         print(markdown_report(results, gain_share=args.gain_share))

@@ -46,10 +46,13 @@ def compact(results: dict) -> dict:
     """The results with each run's steps as rounded columns of STEP_FIELDS: a file small enough
     to commit beside the page (about 15 KB per run), from which every figure is recomputed."""
     out = dict(results)
-    # The warm-up's table covers every training prompt of the warm-up task; the RL prompts' own
-    # table (results["train_prompts"]) is the one kept.
     if "warmup" in results:
+        # The warm-up's table covers every training prompt of the warm-up task; the committed file
+        # keeps, under the same key, the table of the prompts GRPO trains on (what a simulated
+        # twin of the run needs), and the RL set sizes beside it.
         out["warmup"] = {k: v for k, v in results["warmup"].items() if k not in ("train_prompts", "history")}
+        out["warmup"]["train_prompts"] = results.get("train_prompts", results["warmup"].get("train_prompts"))
+        out.pop("train_prompts", None)
     out["runs"] = {}
     for key, run in results["runs"].items():
         rows = steps_of(run)
@@ -159,7 +162,7 @@ def eval_noise(uniform: list[dict], metric: str, equal_at: float) -> float:
     return float(np.std(diffs, ddof=1) / np.sqrt(2)) if len(diffs) > 1 else float("nan")
 
 
-def summarise(results: dict, metric: str = "train", gain_share: float = 0.5) -> dict[str, Any]:
+def summarise(results: dict, metric: str = "train", gain_share: float = 0.75) -> dict[str, Any]:
     """Per allocator and seed: accuracy at equal rollouts (final and mean over the run), the
     paired differences against uniform, rollouts to a target set on uniform's gain, and the
     diagnostics; plus the statistics over seeds."""
@@ -277,7 +280,7 @@ def diagnostics_table(summary: dict, label: str) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(results: dict, gain_share: float = 0.5) -> str:
+def markdown_report(results: dict, gain_share: float = 0.75) -> str:
     """Every table of the results section, as the page shows it."""
     parts = []
     for metric, label in metrics_of(results):
@@ -332,7 +335,7 @@ def settings_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def page_blocks(results: dict, sweep: Sequence[dict], gain_share: float = 0.5) -> dict[str, str]:
+def page_blocks(results: dict, sweep: Sequence[dict], gain_share: float = 0.75) -> dict[str, str]:
     """The generated blocks of docs/benchmarks-small-model.md, by marker name."""
     at = min(r["evals"][-1]["rollouts"] for r in finished_runs(results))
     return {"report": markdown_report(results, gain_share), "settings": settings_table(results),
@@ -353,7 +356,8 @@ def fill_page(page: str, blocks: dict[str, str]) -> str:
 
 def warmup_table(results: dict) -> str:
     """The shared starting point: the warm-up, and the RL training prompts' starting pass rates by bucket."""
-    warm, table = results["warmup"], results["train_prompts"]
+    warm = results["warmup"]
+    table = results.get("train_prompts") or warm["train_prompts"]  # raw results / committed (compact) ones
     rates, buckets = np.array(table["pass_rate"]), np.array(table["bucket"])
     first = finished_runs(results)[0]["evals"][0]
     lines = [

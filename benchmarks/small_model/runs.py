@@ -22,7 +22,7 @@ import torch
 from benchmarks.small_model.config import NOT_SETTINGS, Config
 from benchmarks.small_model.grpo import run_allocator, write_json
 from benchmarks.small_model.report import steps_of
-from benchmarks.small_model.task import build_datasets, rl_rows
+from benchmarks.small_model.task import build_datasets, rl_datasets, rl_rows
 from benchmarks.small_model.model import pass_rates
 from benchmarks.small_model.warmup import build_model, prompt_table, warm_up
 
@@ -102,7 +102,10 @@ def run_all(
         cfg = replace(cfg, rl_buckets=auto_rl_buckets(warm["train_pass_rate_n16"]["by_bucket"]))
         log(f"rl_buckets=auto: {cfg.rl_buckets}")
     log(f"warm-up: {json.dumps({k: v for k, v in warm.items() if k not in ('history', 'train_prompts')})}")
+    train, held_out = rl_datasets(cfg.data_seed, cfg.train_size, cfg.eval_size, cfg.buckets, cfg.rl_buckets,
+                                  cfg.rl_train_size)
     results: dict[str, Any] = {"config": asdict(cfg), "device": device_name(device), "warmup": warm,
+                               "rl_prompts": {"train": len(train.texts), "held_out": len(held_out.texts)},
                                "train_prompts": rl_prompt_table(cfg, warm), "runs": {}}
     results_path = out / "results.json"
     write_json(results_path, results)

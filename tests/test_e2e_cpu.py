@@ -268,3 +268,30 @@ def test_ray_job_submit_on_a_running_cluster(assets, tmp_path):
         assert logged["allocator/samples_per_prompt_max"][1] == 6.0
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=180)
+
+
+def test_cero_global_budget_mode_trains_and_resumes(assets, tmp_path):
+    """CERO's global budget mode in the real sync trainer (issue 13): each step's total
+    varies in whole train batches between its floor and 2x the step budget, the run never
+    spends more than its budget (48 rollouts here, against uniform's 4 steps x 16), the
+    learning-rate schedule is sized to the optimizer steps that budget pays for (48 / 8 = 6,
+    so the cosine reaches its floor, 0.1 x the peak 1e-4, on the last step; stock OpenRLHF
+    would size it for 8), and a run killed after its step-2 checkpoint resumes with the
+    budget dual and the spend of the killed run: steps 3 and 4 equal the uninterrupted
+    run's, every logged figure bit for bit."""
+    extra = ["--rollout_allocator", "cero", "--allocator.cero.budget_mode", "global", "--allocator.cero.global_budget", "48"]
+    data = {"data.max_samples": 8, "train.num_episodes": 2, "train.batch_size": 8}
+    first = train(assets, tmp_path / "first", *extra, **data)
+    totals = first["rollout/num_samples"]
+    assert sorted(totals) == [1, 2, 3, 4]
+    assert all(total % 8 == 0 and 8 <= total <= 32 for total in totals.values())
+    assert sum(totals.values()) == 48
+    assert first["allocator/global_budget_left"][4] == 0
+    assert first["actor_lr"][4] == pytest.approx(1e-5, rel=1e-6)
+    saved = checkpoint_state(tmp_path / "first" / "ckpt", 2)["rollout_allocator"]
+    assert saved["settings"]["global_budget"] == 48 and saved["settings"]["global_steps"] == 4
+    assert saved["state"]["global_spent"] == totals[1] + totals[2]
+
+    leave_checkpoint_of_killed_run(tmp_path / "first", 2, tmp_path / "resumed")
+    resumed = train(assets, tmp_path / "resumed", *extra, "--ckpt.load_enable", **data)
+    assert_same_figures(resumed, first, steps=(3, 4))

@@ -108,10 +108,14 @@ def test_openrlhfs_own_checks_still_run():
         main([*BASE, "--rollout.n_samples_per_prompt", "1", "--dry_run"])
 
 
-def test_global_budget_mode_is_refused_in_the_trainer(capsys):
-    code, err = run(capsys, "--rollout_allocator", "cero", "--allocator.cero.budget_mode", "global",
-                    "--allocator.cero.global_budget", "100000", "--allocator.cero.global_steps", "100")
-    assert code == 2 and "budget_mode global" in err
+def test_global_budget_mode_launches_and_refuses_dynamic_filtering(capsys):
+    global_mode = ("--rollout_allocator", "cero", "--allocator.cero.budget_mode", "global")
+    main([*BASE, *global_mode, "--dry_run"])  # run budget and steps: set by the trainer from the data
+    main([*BASE, *global_mode, "--allocator.cero.global_budget", "100000", "--dry_run"])
+    code, err = run(capsys, *global_mode, "--algo.dynamic_filtering_enable")
+    assert code == 2 and "budget_mode global" in err and "--algo.dynamic_filtering_enable" in err
+    code, err = run(capsys, *global_mode, "--allocator.cero.step_ceiling", "0.5")
+    assert code == 2 and "--allocator.cero.step_ceiling=0.5 must lie in [1, 16]" in err
 
 
 # ── first contact: no vLLM installed (the README's own .venv), bad input refused at launch ──

@@ -372,11 +372,11 @@ def test_native_hooks_are_detected_on_the_patched_tree_only(trees):
     assert natively_hooked_in_subprocess(None) is False  # the installed openrlhf 0.11.2
 
 
-def plugin_args(parser) -> SimpleNamespace:
+def plugin_args(parser, *extra: str) -> SimpleNamespace:
     from openrlhf.utils.config import hierarchize
 
-    argv = ["--rollout_allocator", "cero", "--allocator.max_samples", "12", "--allocator.cero.budget_mode", "global"]
-    argv += ["--allocator.cero.global_budget", "1000", "--allocator.cero.global_steps", "10"]
+    argv = ["--rollout_allocator", "cero", "--allocator.max_samples", "12", "--allocator.cero.saturation_scale", "16"]
+    argv += ["--allocator.cero.step_floor", "0.25", *extra]
     args = hierarchize(parser.parse_args(argv))
     args.rollout.n_samples_per_prompt = 4
     args.train = SimpleNamespace(seed=5)
@@ -400,7 +400,11 @@ def test_on_native_openrlhf_flags_become_the_allocator_kwargs(trees, monkeypatch
     module = load_file("_patched_samples_generator", trees.patched / "openrlhf/trainer/ppo_utils/samples_generator.py")
     built = module.load_rollout_allocator(args)
     assert built.state_dict() == allocator_from_args(args).state_dict()
-    assert built.budget_mode == "global" and built.max_samples == 12 and built.seed == 5
+    assert built.saturation_scale == 16 and built.step_floor == 0.25 and built.max_samples == 12 and built.seed == 5
+
+    # Global budget mode sizes steps and the schedule through the plugin's runtime hooks only.
+    with pytest.raises(AllocatorError, match="budget_mode global needs the plugin's runtime hooks"):
+        native.prepare_hooks(plugin_args(parser, "--allocator.cero.budget_mode", "global"))
 
 
 def test_on_stock_openrlhf_the_runtime_hooks_are_needed(monkeypatch):

@@ -163,6 +163,30 @@ class RolloutAllocator(ABC):
         """How many prompts to offer ``plan`` for ``budget`` rollouts (n each, by default)."""
         return math.ceil(int(budget) / self.n_samples_per_prompt)
 
+    # ── steps of varying total (CERO's global budget mode); fixed totals by default ──
+
+    @property
+    def variable_step_total(self) -> bool:
+        """True when the allocator sets each step's total itself, up to ``step_total_bound``:
+        the step loop then runs one cycle and never refills it."""
+        return False
+
+    def fit_to_run(self, *, steps: int, step_budget: int, step_multiple: int = 1) -> None:
+        """Told once by the trainer (or the simulator) before the first step: how many steps
+        the run has, the per-step budget (``rollout.batch_size x n``) and the multiple every
+        step total must be (``--train.batch_size``, so OpenRLHF's micro-batches and
+        optimizer steps stay whole). Only allocators with a variable step total use it."""
+
+    def step_total_bound(self, step_budget: int) -> int:
+        """The most a step may spend when the per-step budget is ``step_budget``."""
+        return int(step_budget)
+
+    @property
+    def run_rollout_budget(self) -> int | None:
+        """Rollouts the whole run may spend when steps vary (its optimizer steps follow from
+        it); None when every step spends its budget."""
+        return None
+
     def plan(self, prompt_ids: Sequence[int] | np.ndarray, budget: int) -> np.ndarray:
         """Rollouts per prompt for the first round (0 skips the prompt)."""
         ids = as_prompt_ids(prompt_ids)

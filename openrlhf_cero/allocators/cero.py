@@ -97,14 +97,29 @@ class CeroAllocator(RolloutAllocator):
             "step mode: offer this many times budget / n_samples_per_prompt prompts per step (>= 1), so that "
             "skipped prompts are replaced by others within the same step",
         ),
-        OptionSpec("global_budget", int, 0, "global mode: total rollouts of the run (required there)"),
-        OptionSpec("global_steps", int, 0, "global mode: steps the global budget is paced over (required there)"),
+        OptionSpec(
+            "global_budget",
+            int,
+            0,
+            "global mode: total rollouts of the run; 0 = what uniform spends over the run (set by the trainer)",
+        ),
+        OptionSpec(
+            "global_steps",
+            int,
+            0,
+            "global mode: steps the global budget is paced over; 0 = the run's steps (set by the trainer)",
+        ),
         OptionSpec(
             "step_floor",
             float,
             0.5,
-            "global mode: least share of the step's budget a step spends, in [0, 1] (the step's budget is the "
-            "ceiling)",
+            "global mode: least a step spends, as a share of its prompts x n_samples_per_prompt, in [0, 1]",
+        ),
+        OptionSpec(
+            "step_ceiling",
+            float,
+            2.0,
+            "global mode: most a step spends, as a multiple of rollout.batch_size x n_samples_per_prompt (>= 1)",
         ),
     )
 
@@ -121,6 +136,7 @@ class CeroAllocator(RolloutAllocator):
         global_budget: int = 0,
         global_steps: int = 0,
         step_floor: float = 0.5,
+        step_ceiling: float = 2.0,
         skip: bool = True,
         prompt_oversample: float = 3.0,
         **settings: Any,
@@ -140,15 +156,18 @@ class CeroAllocator(RolloutAllocator):
         self.step_floor = float(step_floor)
         if not 0.0 <= self.step_floor <= 1.0:
             raise AllocatorError(f"--allocator.cero.step_floor={step_floor} must lie in [0, 1]")
+        self.step_ceiling = float(step_ceiling)
+        if not 1.0 <= self.step_ceiling <= 16.0:
+            raise AllocatorError(f"--allocator.cero.step_ceiling={step_ceiling} must lie in [1, 16]")
+        if self.global_budget < 0 or self.global_steps < 0:
+            raise AllocatorError(
+                f"--allocator.cero.global_budget={global_budget} and --allocator.cero.global_steps={global_steps} "
+                "must be >= 0 (0: set by the trainer from the run)"
+            )
         self.skip = bool(skip)
         self.prompt_oversample = float(prompt_oversample)
         if not 1.0 <= self.prompt_oversample <= 16.0:
             raise AllocatorError(f"--allocator.cero.prompt_oversample={prompt_oversample} must lie in [1, 16]")
-        if self.budget_mode == "global" and (self.global_budget <= 0 or self.global_steps <= 0):
-            raise AllocatorError(
-                "--allocator.cero.budget_mode global needs --allocator.cero.global_budget (total rollouts, > 0) and "
-                f"--allocator.cero.global_steps (> 0); got {self.global_budget} and {self.global_steps}"
-            )
         self.log_prior_value = float(np.log(beta_value(self.prior_alpha, self.prior_beta)))
         self.table = PromptTable(
             {
@@ -162,6 +181,10 @@ class CeroAllocator(RolloutAllocator):
         self.log_budget_dual: float | None = None  # global mode's OGD iterate
         self.global_spent = 0
         self.global_plans = 0
+        # Told by fit_to_run (trainer or simulator); without it, plan's budget is the ceiling
+        # and step_floor its share (direct use of the contract, e.g. the regret benchmark).
+        self._step_budget: int | None = None
+        self._step_multiple = 1
         self._planned_ids = np.zeros(0, dtype=np.uint64)
         self._planned_rows = np.zeros(0, dtype=np.int64)
         self._figures = _CeroFigures()
@@ -193,6 +216,28 @@ class CeroAllocator(RolloutAllocator):
         """Global mode paces each step's total itself: the shared step loop must not refill it."""
         return self.budget_mode == "global"
 
+    def fit_to_run(self, *, steps: int, step_budget: int, step_multiple: int = 1) -> None:
+        """Global mode: unset run settings take the run's shape (global_steps = its steps,
+        global_budget = what uniform spends over them), and every step total becomes a
+        whole multiple of ``step_multiple`` (the run budget is rounded down to one)."""
+        if self.budget_mode != "global":
+            return
+        if steps < 1 or step_budget < 1 or step_multiple < 1:
+            raise AllocatorError(f"fit_to_run needs positive steps, budget and multiple; got {steps}, {step_budget}, {step_multiple}")
+        self._step_budget, self._step_multiple = int(step_budget), int(step_multiple)
+        self.global_steps = self.global_steps or int(steps)
+        budget = self.global_budget or int(steps) * int(step_budget)
+        self.global_budget = budget // self._step_multiple * self._step_multiple
+
+    def step_total_bound(self, step_budget: int) -> int:
+        if self.budget_mode != "global" or not self._step_budget:  # unshaped: the budget is the ceiling
+            return int(step_budget)
+        return int(self.step_ceiling * step_budget)
+
+    @property
+    def run_rollout_budget(self) -> int | None:
+        return self.global_budget if self.budget_mode == "global" and self.global_budget > 0 else None
+
     @property
     def skips_prompts(self) -> bool:
         return self.budget_mode == "step" and self.skip
@@ -212,6 +257,8 @@ class CeroAllocator(RolloutAllocator):
     def prompts_wanted(self, budget: int) -> int:
         if self.budget_mode == "step":
             return math.ceil(int(budget) * self.prompt_oversample / self.n_samples_per_prompt)
+        if self._step_budget:  # the trainer passes step_total_bound(step budget): one batch of prompts
+            return math.ceil(round(int(budget) / self.step_ceiling, 6) / self.n_samples_per_prompt)
         return super().prompts_wanted(budget)
 
     def _plan_with_skips(self, log_mu: np.ndarray, cumulative: np.ndarray, budget: int) -> tuple[np.ndarray, float]:
@@ -252,14 +299,23 @@ class CeroAllocator(RolloutAllocator):
     def _pace(self, batch: "_Batch", size: int, budget: int) -> tuple[float, int]:
         """Global mode: this step's log dual and total. The OGD iterate sets the spend; a
         spend outside [floor, ceiling], or one that would leave the rest of the run unable
-        to meet the budget, is clamped for this step only."""
+        to meet the budget, is clamped for this step only. Totals are whole multiples of the
+        trainer's step multiple wherever one fits between the bounds."""
+        if self.global_budget <= 0 or self.global_steps <= 0:
+            raise AllocatorError(
+                "--allocator.cero.budget_mode global needs --allocator.cero.global_budget (total rollouts) and "
+                "--allocator.cero.global_steps, or a trainer that sets them from the run (fit_to_run); got "
+                f"{self.global_budget} and {self.global_steps}"
+            )
+        nominal = size * self.n_samples_per_prompt if self._step_budget else int(budget)
         ceiling = min(int(budget), size * self.max_samples)
-        floor = max(math.ceil(self.step_floor * budget), size * self.min_samples)
+        floor = max(math.ceil(self.step_floor * nominal), size * self.min_samples)
+        floor, ceiling = _whole_multiples(floor, ceiling, self._step_multiple)
         if floor > ceiling:
             raise AllocatorError(
-                f"global budget mode: the step floor {floor} (--allocator.cero.step_floor={self.step_floor} of the "
-                f"step's budget {budget}, at least {size} prompts x --allocator.min_samples={self.min_samples}) "
-                f"exceeds the ceiling {ceiling} (the step's budget, at most {size} x --allocator.max_samples="
+                f"global budget mode: the step floor {floor} (--allocator.cero.step_floor={self.step_floor} of "
+                f"{nominal} rollouts, at least {size} prompts x --allocator.min_samples={self.min_samples}) "
+                f"exceeds the ceiling {ceiling} (the step's bound {budget}, at most {size} x --allocator.max_samples="
                 f"{self.max_samples}); offer more prompts or lower the floor"
             )
         steps_left = self.global_steps - self.global_plans
@@ -273,14 +329,15 @@ class CeroAllocator(RolloutAllocator):
         # on the last paced step this leaves exactly what is left.
         low = min(max(floor, budget_left - (steps_left - 1) * ceiling), ceiling)
         high = max(min(ceiling, budget_left - (steps_left - 1) * floor), floor)
+        low, high = _whole_multiples(low, high, self._step_multiple)
         target = min(max(budget_left / steps_left, low), high)
         if self.log_budget_dual is None:  # first step: start at the dual that meets the pace
             self.log_budget_dual = batch.solve(target)
         log_dual = self.log_budget_dual
         spend = batch.total(log_dual)
-        if not low <= spend <= high:
-            log_dual = batch.solve(min(max(spend, low), high))
-        total = min(max(int(round(batch.total(log_dual))), low), high)
+        total = _nearest_multiple(spend, low, high, self._step_multiple)
+        if abs(batch.total(log_dual) - total) > 0.5:
+            log_dual = batch.solve(total)
         # Projected OGD on log lambda: the dual function's gradient is (target - spend).
         eta = self.budget_dual_step / math.sqrt(self.global_steps)
         self.log_budget_dual = min(self.log_budget_dual + eta * (spend - target) / target, LOG_DUAL_MAX)
@@ -463,3 +520,21 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise AllocatorError(f"--allocator.cero.{name}={value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def _whole_multiples(low: int, high: int, multiple: int) -> tuple[int, int]:
+    """[low, high] shrunk to its whole multiples of ``multiple``; unchanged when none lies
+    inside (a short last batch may have room for none: it then trains what it has, as
+    OpenRLHF trains a short last batch)."""
+    if multiple <= 1:
+        return int(low), int(high)
+    up, down = -(-int(low) // multiple) * multiple, int(high) // multiple * multiple
+    return (up, down) if up <= down else (int(low), int(high))
+
+
+def _nearest_multiple(value: float, low: int, high: int, multiple: int) -> int:
+    """The multiple of ``multiple`` nearest ``value`` within [low, high] (the integer nearest
+    when none lies inside)."""
+    if multiple > 1 and low % multiple == 0 and high % multiple == 0:
+        return int(min(max(round(value / multiple) * multiple, low), high))
+    return int(min(max(round(value), low), high))

@@ -8,6 +8,8 @@ options (its ``OptionSpec``s) as ``--allocator.<name>.<option>``.
 
 from __future__ import annotations
 
+import math
+
 import argparse
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -130,6 +132,12 @@ def allocator_settings(args: SimpleNamespace) -> tuple[str, dict[str, Any]]:
     return name, settings
 
 
+def step_multiple(args: SimpleNamespace) -> int:
+    """What every step's sample total must be a multiple of: ``--train.batch_size`` (whole
+    optimizer steps) and ``--rollout.micro_batch_size`` (whole experience micro-batches)."""
+    return math.lcm(int(args.train.batch_size), int(args.rollout.micro_batch_size))
+
+
 def allocator_from_args(args: SimpleNamespace) -> RolloutAllocator:
     name, settings = allocator_settings(args)
     return create_allocator(name, **settings)
@@ -155,11 +163,11 @@ def check_launch(args: SimpleNamespace) -> RolloutAllocator:
         )
     if name == "uniform":
         return allocator  # stock behaviour: no constraint beyond OpenRLHF's own
-    if getattr(allocator, "variable_step_total", False):
+    if allocator.variable_step_total and args.algo.dynamic_filtering_enable:
         raise AllocatorError(
-            f"--rollout_allocator {name} is set to vary the rollouts per step (e.g. --allocator.cero.budget_mode "
-            "global), but OpenRLHF's schedules and batch sizes need the same total every step; use the step "
-            "budget mode in training (global mode is for the simulator)"
+            f"--rollout_allocator {name} sets each step's total itself (--allocator.cero.budget_mode global), and "
+            "--algo.dynamic_filtering_enable would drop groups from that total afterwards; use one of the two "
+            "(CERO's step mode works with dynamic filtering)"
         )
     batch = args.rollout.batch_size
     total = batch * args.rollout.n_samples_per_prompt

@@ -101,7 +101,8 @@ class AllocatingSamplesGenerator(SamplesGenerator):
 
     def _allocate_step(self, **generate_kwargs) -> Tuple[RolloutBatch, StepOutcome]:
         args = self.args
-        budget = args.rollout.batch_size * args.rollout.n_samples_per_prompt
+        # The step's budget; an allocator that paces a run budget may spend up to its bound.
+        budget = self.allocator.step_total_bound(args.rollout.batch_size * args.rollout.n_samples_per_prompt)
         accept = None
         if args.algo.dynamic_filtering_enable:
             low, high = args.algo.dynamic_filtering_range

@@ -71,6 +71,12 @@ def prepare_hooks(args: SimpleNamespace) -> bool:
                 "applied restores the allocator itself: resume from another checkpoint instead"
             )
         _, settings = allocator_settings(args)
+        if settings.get("budget_mode") == "global":
+            raise AllocatorError(
+                "--allocator.cero.budget_mode global needs the plugin's runtime hooks (they size each step and the "
+                "learning-rate schedule to the global budget); the hooks of patches/ keep every step's total: use "
+                "--allocator.cero.budget_mode step there, or a stock OpenRLHF 0.11.2 with the plugin"
+            )
         given = json.loads(getattr(args.rollout, "allocator_kwargs", None) or "{}")
         args.rollout.allocator_kwargs = json.dumps({**settings, **given})
         return False

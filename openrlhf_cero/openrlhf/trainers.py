@@ -26,24 +26,33 @@ from openrlhf.trainer import ppo_trainer, ppo_trainer_async
 
 from openrlhf_cero.openrlhf.advantages import VariableGroupExperienceMaker
 from openrlhf_cero.openrlhf.checkpoint import AllocatorCheckpointingLoader
-from openrlhf_cero.openrlhf.flags import allocator_from_args
+from openrlhf_cero.openrlhf.flags import allocator_from_args, step_multiple
 from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
 
 
 def _install_allocating_generator(owner) -> None:
     """Give ``owner`` (the actor holding ``prompts_dataloader``) the allocator and our generator.
 
-    An allocator that spreads a step's budget over more prompts than
-    ``rollout.batch_size`` (CERO's ``prompt_oversample``, Pilot-Commit's pilot pool) goes
-    through an epoch in fewer steps; ``max_steps``, from which OpenRLHF sizes the
-    learning-rate schedule, is scaled to match.
+    ``max_steps`` (OpenRLHF's count of optimizer steps, which sizes the learning-rate
+    schedule) follows what the allocator will train:
+
+    - an allocator that spreads a step's budget over more prompts than
+      ``rollout.batch_size`` (CERO's ``prompt_oversample``, Pilot-Commit's pilot pool) goes
+      through an epoch in fewer steps: ``max_steps`` is scaled to match;
+    - one whose step totals vary (CERO's global budget) is told the run's shape (its
+      steps, the per-step budget, the multiple each total keeps), and ``max_steps`` is
+      the optimizer steps its run budget pays for.
     """
     stock = owner.samples_generator
     args = stock.args
     allocator = allocator_from_args(args)
     budget = args.rollout.batch_size * args.rollout.n_samples_per_prompt
+    run_steps = math.ceil(len(owner.prompts_dataloader) / args.rollout.batch_size) * args.train.num_episodes
+    allocator.fit_to_run(steps=run_steps, step_budget=budget, step_multiple=step_multiple(args))
     prompts_per_step = allocator.prompts_wanted(budget)
-    if prompts_per_step > args.rollout.batch_size:  # never for uniform: OpenRLHF's value stays
+    if allocator.run_rollout_budget is not None:
+        owner.max_steps = max(1, allocator.run_rollout_budget // args.train.batch_size * args.train.max_epochs)
+    elif prompts_per_step > args.rollout.batch_size:  # never for uniform: OpenRLHF's value stays
         owner.max_steps = max(1, math.ceil(owner.max_steps * args.rollout.batch_size / prompts_per_step))
     owner.prompts_dataloader = AllocatorCheckpointingLoader(
         owner.prompts_dataloader,

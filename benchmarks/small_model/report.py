@@ -406,12 +406,12 @@ def plot(results: dict, prefix: str) -> list[str]:
             grid = np.linspace(0, equal_at, 61)
             mean, low, high = _band(mine, metric, "rollouts", grid)
             axes[0].plot(grid, mean, color=colours[name], label=name, lw=1.5)
-            axes[0].fill_between(grid, low, high, color=colours[name], alpha=0.15)
+            axes[0].fill_between(grid, low, high, color=colours[name], alpha=0.08)
             last = min(r["evals"][-1]["step"] for r in mine)
             grid_s = np.linspace(0, last, 61)
             mean, low, high = _band(mine, metric, "step", grid_s)
             axes[1].plot(grid_s, mean, color=colours[name], label=name, lw=1.5)
-            axes[1].fill_between(grid_s, low, high, color=colours[name], alpha=0.15)
+            axes[1].fill_between(grid_s, low, high, color=colours[name], alpha=0.08)
         axes[0].set_xlabel("cumulative rollouts drawn")
         axes[1].set_xlabel("optimizer steps")
         for ax in axes:
@@ -424,6 +424,31 @@ def plot(results: dict, prefix: str) -> list[str]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
+    # Paired difference against uniform, seed by seed, over the run: the comparison the tables make.
+    uniform = {r["seed"]: r for r in runs if r["allocator"] == "uniform"}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    grid = np.linspace(0, equal_at, 33)
+    for ax, (metric, label) in zip(axes, METRICS):
+        for name in names:
+            if name == "uniform":
+                continue
+            mine = [r for r in runs if r["allocator"] == name and r["seed"] in uniform]
+            diffs = np.array([[value_at(*curve(r, metric), g) - value_at(*curve(uniform[r["seed"]], metric), g)
+                               for g in grid] for r in mine])
+            stat = [t_interval(col) for col in diffs.T]
+            ax.plot(grid, [st[0] for st in stat], color=colours[name], label=name, lw=1.5)
+            ax.fill_between(grid, [st[1] for st in stat], [st[2] for st in stat], color=colours[name], alpha=0.12)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("cumulative rollouts drawn")
+        ax.set_ylabel(f"{label} accuracy minus uniform's (same seed)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Paired difference against uniform, mean over seeds with 95% t band")
+    path = f"{prefix}paired_difference.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         mine = [r for r in runs if r["allocator"] == name]

@@ -37,10 +37,11 @@ Checked at launch when the allocator is not `uniform` (each refusal names the fl
 - `--allocator.min_samples` >= 2 with the group estimators (`group_norm`, `rloo`,
   `reinforce_baseline`, `dr_grpo`);
 - `--train.batch_size` and `--rollout.micro_batch_size` divide the per-step total
-  `--rollout.batch_size` x `--rollout.n_samples_per_prompt`, which every step keeps;
+  `--rollout.batch_size` x `--rollout.n_samples_per_prompt`, which every step keeps
+  (CERO's `--allocator.cero.budget_mode global` varies it in whole multiples of both,
+  docs/faq.md);
 - `--rollout.vllm_generate_batch_size` is a multiple of `--rollout.batch_size`;
-- the per-step total does not vary (CERO's `--allocator.cero.budget_mode global` is for
-  the simulator);
+- CERO's global budget mode is not combined with `--algo.dynamic_filtering_enable`;
 - the step can be served: an allocator that cannot skip prompts (CERO with
   `--allocator.cero.skip false`, VIP) gives each prompt it takes at least
   `--allocator.min_samples` and at most `--allocator.max_samples` rollouts.

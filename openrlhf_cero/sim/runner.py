@@ -12,6 +12,7 @@ OpenRLHF's dynamic filtering does, through the step loop's ``accept``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -119,6 +120,9 @@ def run_allocator(
     started = time.perf_counter()
     world = PromptWorld(scenario, seed)
     allocator = build_allocator(allocator_name, scenario, seed, world, options)
+    # As the trainer does: the run's shape, for allocators whose step totals vary (CERO's global budget).
+    allocator.fit_to_run(steps=math.ceil(scenario.total_rollouts / scenario.step_budget), step_budget=scenario.step_budget)
+    step_bound = allocator.step_total_bound(scenario.step_budget)
     stream = EpochStream(world)
     max_cycles = getattr(allocator, "max_cycles", None) or SIM_MAX_CYCLES
     accept = getattr(allocator, "accept_group", None)
@@ -141,14 +145,14 @@ def run_allocator(
         epoch_before = stream.epoch
         draw_seconds = 0.0
         start = time.perf_counter()
-        outcome = run_step(allocator, scenario.step_budget, stream.take, draw, accept=accept, max_cycles=max_cycles)
+        outcome = run_step(allocator, step_bound, stream.take, draw, accept=accept, max_cycles=max_cycles)
         alloc_seconds = time.perf_counter() - start - draw_seconds
         index = np.fromiter((g.handle for g in outcome.groups), dtype=np.int64, count=len(outcome.groups))
         sizes = np.fromiter((len(g.samples) for g in outcome.groups), dtype=np.int64, count=index.size)
         wins = np.fromiter((g.rewards.sum() for g in outcome.groups), dtype=np.float64, count=index.size)
         mixed = (wins > 0) & (wins < sizes)
         world.train_step(index, sizes, wins)
-        if getattr(outcome, "warning", None) or int(sizes.sum()) < scenario.step_budget:
+        if getattr(outcome, "warning", None) or (not allocator.variable_step_total and int(sizes.sum()) < scenario.step_budget):
             short_steps += 1
         np.add.at(size_counts, np.minimum(sizes, scenario.max_samples), 1)
         cum += outcome.rollouts_drawn

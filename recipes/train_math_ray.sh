@@ -77,12 +77,12 @@ esac
 
 case $ALLOCATOR in
   uniform | vip) ALLOCATOR_FLAGS=() ;;  # VIP's defaults follow the estimator (docs/vip.md)
-  # Offer 3x the prompts per step and let CERO skip the near-certain ones (CERO's default,
-  # spelled out): the setting of its simulator gain (1.95x fewer rollouts to target on the
-  # deepscaler scenario, docs/cero.md). Each step still trains ROLLOUT_BATCH x N_SAMPLES
-  # samples; an epoch takes fewer steps. --allocator.cero.prompt_oversample 1 keeps
-  # ROLLOUT_BATCH prompts per step and only moves rollouts between them.
-  cero) ALLOCATOR_FLAGS=(--allocator.cero.prompt_oversample 3) ;;
+  # CERO's defaults, spelled out: ROLLOUT_BATCH prompts per step (prompt_oversample 1), rollouts
+  # moved between them towards prompts whose outcome is uncertain, and a saturation scale of
+  # 1024 rollouts, the settings the simulator favours (docs/cero.md, "Tuning the defaults").
+  # Each step trains ROLLOUT_BATCH x N_SAMPLES samples; prompt_oversample > 1 offers more
+  # prompts per step (an epoch then takes fewer steps).
+  cero) ALLOCATOR_FLAGS=(--allocator.cero.prompt_oversample 1 --allocator.cero.saturation_scale 1024) ;;
   # n_pilot defaults to max(4, N_SAMPLES / 4): 4 pilot + 4 commit rollouts at n = 8.
   pilot_commit) ALLOCATOR_FLAGS=() ;;
   *) echo "unknown allocator '$ALLOCATOR': use uniform, cero, vip or pilot_commit" >&2; exit 2 ;;

@@ -209,7 +209,8 @@ def test_skips_only_prompts_whose_first_group_is_not_worth_the_budget_dual():
 def test_oversampling_offers_more_prompts_in_step_mode_only():
     assert cero(prompt_oversample=1.5).prompts_wanted(512) == 96
     assert cero(prompt_oversample=1.0).prompts_wanted(512) == 64
-    assert cero().prompts_wanted(512) == 192  # default 3.0
+    assert cero(prompt_oversample=3.0).prompts_wanted(512) == 192
+    assert cero().prompts_wanted(512) == 64  # default 1.0: rollout.batch_size prompts per step
     assert cero(prompt_oversample=1.5, budget_mode="global", global_budget=10, global_steps=1).prompts_wanted(512) == 64
 
 

@@ -218,7 +218,7 @@ def test_cpu_smoke_recipe_trains_with_cero_through_the_real_trainer(tmp_path):
 
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
     steps = sorted(scalars["rollout/num_samples"])
-    assert len(steps) >= 3, steps  # 24 prompts, 12 offered per step (prompt_oversample 3), 2 epochs
+    assert len(steps) >= 3, steps  # 24 prompts, 4 offered per step (prompt_oversample 1), 2 epochs
     saved = {int(p.name.removeprefix("global_step")) for p in (tmp_path / "ckpt" / "_actor").glob("global_step*")}
     assert steps[-1] in saved
     # The stock per-step total (4 prompts x 4); a step is short only where an epoch's data ran out.

@@ -55,7 +55,7 @@ class CeroAllocator(RolloutAllocator):
         OptionSpec(
             "saturation_scale",
             float,
-            2.0,
+            1024.0,
             "saturation scale k of the cumulative-allocation utility, in rollouts: after X rollouts in earlier "
             "epochs a prompt's marginal value is divided by (1 + X/k)^2 (hyperbolic) or exp(X/k) (exp)",
         ),
@@ -93,7 +93,7 @@ class CeroAllocator(RolloutAllocator):
         OptionSpec(
             "prompt_oversample",
             float,
-            3.0,
+            1.0,
             "step mode: offer this many times budget / n_samples_per_prompt prompts per step (>= 1), so that "
             "skipped prompts are replaced by others within the same step",
         ),
@@ -128,7 +128,7 @@ class CeroAllocator(RolloutAllocator):
         *,
         prior_alpha: float = 1.0,
         prior_beta: float = 1.0,
-        saturation_scale: float = 2.0,
+        saturation_scale: float = 1024.0,
         utility: str = "hyperbolic",
         prompt_dual_step: float = 1.0,
         budget_dual_step: float = 2.0,
@@ -138,7 +138,7 @@ class CeroAllocator(RolloutAllocator):
         step_floor: float = 0.5,
         step_ceiling: float = 2.0,
         skip: bool = True,
-        prompt_oversample: float = 3.0,
+        prompt_oversample: float = 1.0,
         **settings: Any,
     ) -> None:
         super().__init__(**settings)

@@ -1,10 +1,11 @@
-"""The pieces of benchmarks/small_model_grpo.py: task checker, group_norm on groups of any size, the
-policy-gradient step, and GRPO steps through the shared run_step loop (tiny CPU settings)."""
+"""The pieces of benchmarks/small_model/: task checker, group_norm on groups of any size, the
+policy-gradient step, GRPO steps through the shared run_step loop (tiny CPU settings), the
+statistics of the report, and the page's tables against the committed results."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +15,23 @@ import torch
 from openrlhf_cero.allocators.step_loop import run_step
 from openrlhf_cero.allocators import create_allocator
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "small_model_grpo.py"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `benchmarks.small_model` is imported from the repository root
 
 
 @pytest.fixture(scope="module")
 def g():
-    spec = importlib.util.spec_from_file_location("small_model_grpo_under_test", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
+    """Every module of the package in one namespace (the tests predate the split)."""
+    from benchmarks.small_model import config, grpo, model, report, runs, task, warmup
+
+    merged = types.SimpleNamespace()
+    for module in (task, model, config, warmup, grpo, runs, report):
+        for name, value in vars(module).items():
+            if not name.startswith("__"):
+                setattr(merged, name, value)
     torch.set_num_threads(1)
-    return module
+    return merged
 
 
 # ── task ──
@@ -76,6 +83,26 @@ def test_datasets_are_disjoint_distinct_and_reproducible(g):
     assert again.texts == train.texts and (again.ids == train.ids).all()
 
 
+def test_rl_prompts_are_a_bucket_filtered_prefix_of_the_warm_up_datasets(g):
+    """One warm-up serves any choice of RL prompts, and the held-out prompts stay ones it never saw."""
+    train, held_out = g.build_datasets(5, 400, 200, "+22,+33,*12")
+    rl_train, rl_held = g.rl_datasets(5, 400, 200, "+22,+33,*12", "+33,*12", 50)
+    keep = {g.BUCKET_NAMES.index("+33"), g.BUCKET_NAMES.index("*12")}
+    want_train = [t for t, b in zip(train.texts, train.buckets) if b in keep][:50]
+    assert rl_train.texts == want_train and set(rl_train.buckets) <= keep
+    assert rl_held.texts == [t for t, b in zip(held_out.texts, held_out.buckets) if b in keep]
+    assert not set(rl_train.texts) & set(held_out.texts)
+    with pytest.raises(ValueError):
+        g.bucket_indices("+55")
+
+
+def test_auto_rl_buckets_keep_the_buckets_left_in_between(g):
+    by_bucket = {"+13": 0.098, "+22": 0.915, "+23": 0.01, "+33": 0.476, "*12": 0.236, "+41": 0.979}
+    assert g.auto_rl_buckets(by_bucket) == "+13,+33,*12"
+    with pytest.raises(SystemExit):
+        g.auto_rl_buckets({"+22": 0.99})
+
+
 # ── advantages ──
 
 
@@ -120,6 +147,30 @@ def test_left_padding_does_not_change_the_prediction(g):
             torch.testing.assert_close(single[0], batch[row], atol=1e-5, rtol=1e-5)
 
 
+def test_cached_sampling_equals_sampling_with_the_full_forward(g):
+    """The key/value cache is an optimisation only: same generator, same completions."""
+    torch.manual_seed(0)
+    model = g.TinyDecoder(32, 2, 2).eval()
+    data = g.make_prompt_set([g.random_problem(np.random.default_rng(i)) for i in range(48)])
+
+    def full(gen: torch.Generator) -> torch.Tensor:
+        tokens, valid = data.tokens, data.mask
+        done = torch.zeros(tokens.shape[0], dtype=torch.bool)
+        out = []
+        for _ in range(g.ANSWER_WIDTH):
+            probs = torch.softmax(model(tokens, valid)[:, -1].float(), -1)
+            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1).masked_fill(done, g.PAD)
+            out.append(nxt)
+            tokens, valid = torch.cat([tokens, nxt[:, None]], 1), torch.cat([valid, ~done[:, None]], 1)
+            done = done | (nxt == g.EOS)
+        return torch.stack(out, 1)
+
+    with torch.no_grad():
+        want = full(torch.Generator().manual_seed(3))
+    got = g.generate(model, data.tokens, data.mask, greedy=False, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, want)
+
+
 def test_generation_ends_at_eos_and_never_emits_pad_or_bos_before(g):
     torch.manual_seed(0)
     model = g.TinyDecoder(32, 1, 2)
@@ -160,11 +211,14 @@ def _tiny_config(g, **over):
     return g.Config(**settings)
 
 
-@pytest.mark.parametrize("name", ["uniform", "cero", "vip", "pilot_commit"])
+@pytest.mark.parametrize("name", ["uniform", "dynamic_filtering", "oversample_even", "beta_greedy", "cero", "vip",
+                                  "pilot_commit"])
 def test_grpo_steps_run_through_run_step_and_count_every_rollout(g, name):
     # An untrained policy solves nothing: Pilot-Commit's band opens at 0 so its pilots can commit.
     cfg = _tiny_config(g, total_rollouts=64, eval_every=32, batch_prompts=4, n=8,
-                       allocator_options={"pilot_commit": {"band_low": 0.0}})
+                       allocator_options={"pilot_commit": {"band_low": 0.0},
+                                          # nothing is solved yet: all-wrong groups pass, all-right ones never occur
+                                          "dynamic_filtering": {"low": -1.0}})
     train, held_out = g.build_datasets(cfg.data_seed, cfg.train_size, cfg.eval_size)
     torch.manual_seed(0)
     state = g.build_model(cfg, torch.device("cpu")).state_dict()
@@ -174,9 +228,14 @@ def test_grpo_steps_run_through_run_step_and_count_every_rollout(g, name):
     assert record["evals"][-1]["rollouts"] == sum(s["drawn"] for s in steps) >= cfg.total_rollouts
     for s in steps:
         assert s["trained"] <= s["drawn"]
+    assert record["optimizer_steps"] == sum(1 for s in steps if s["groups"]) == record["evals"][-1]["step"]
+    assert record["settings"]["n_samples_per_prompt"] == cfg.n  # the resolved settings are recorded
     if name == "pilot_commit":  # pilots of skipped (too easy) prompts are drawn, never trained
         assert all(s["trained"] % cfg.n == 0 for s in steps)
-    else:  # one-shot allocators spend the budget exactly  # one-shot allocators spend the budget exactly
+    elif name == "dynamic_filtering":  # its accept_group is the step loop's accept: groups of n fill the step
+        assert record["settings"]["low"] == -1.0
+        assert all(s["groups"] == cfg.batch_prompts and s["trained"] <= s["drawn"] for s in steps)
+    else:  # one-shot allocators spend the budget exactly
         assert all(s["drawn"] == s["trained"] == cfg.n * cfg.batch_prompts for s in steps)
 
 
@@ -207,10 +266,12 @@ def test_rollouts_to_target_inverts_the_interpolated_curve(g):
     assert np.isnan(g.rollouts_to_target(x, y, 0.6))
 
 
-def _fake_run(name: str, seed: int, x: np.ndarray, y: np.ndarray) -> dict:
-    evals = [{"rollouts": float(a), "held_out": float(b), "train": float(b)} for a, b in zip(x, y)]
+def _fake_run(name: str, seed: int, x: np.ndarray, y: np.ndarray, steps_per_eval: int = 10) -> dict:
+    evals = [{"rollouts": float(a), "step": i * steps_per_eval, "held_out": float(b), "train": float(b)}
+             for i, (a, b) in enumerate(zip(x, y))]
     steps = [{"zero_variance_share": 0.5, "mixed_rollouts": 1, "drawn": 2, "allocator_seconds": 0.001}]
-    return {"allocator": name, "seed": seed, "evals": evals, "steps": steps, "wall_seconds": 1.0}
+    return {"allocator": name, "seed": seed, "evals": evals, "steps": steps, "wall_seconds": 1.0,
+            "optimizer_steps": steps_per_eval * (len(x) - 1)}
 
 
 def test_speedup_is_uniform_rollouts_over_the_allocators_at_the_same_target(g):
@@ -218,11 +279,71 @@ def test_speedup_is_uniform_rollouts_over_the_allocators_at_the_same_target(g):
     y = 0.3 + 0.4 * (1 - np.exp(-x / 300))
     runs = {"uniform/0": _fake_run("uniform", 0, x, y), "fast/0": _fake_run("fast", 0, x, np.interp(2 * x, x, y))}
     summary = g.summarise({"runs": runs}, metric="train", gain_share=0.5)
+    assert summary["has_target"]
     assert summary["target"] == pytest.approx(0.3 + 0.5 * (y[-1] - 0.3))
     want = g.rollouts_to_target(x, y, summary["target"])
-    assert summary["allocators"]["uniform"]["rollouts_to_target"][0] == pytest.approx(want)
+    assert summary["allocators"]["uniform"]["per_seed"][0]["to_target"] == pytest.approx(want)
     # The fast curve is uniform's at twice the rollouts (up to interpolation between evaluations).
     assert summary["allocators"]["fast"]["speedup"][0] == pytest.approx(2.0, rel=0.05)
+
+
+def test_no_target_when_uniform_does_not_rise_above_the_evaluation_noise(g):
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 1000, 21)
+    runs = {f"{name}/{seed}": _fake_run(name, seed, x, 0.4 + 0.01 * rng.standard_normal(x.size))
+            for name in ("uniform", "other") for seed in range(4)}
+    summary = g.summarise({"runs": runs}, metric="train")
+    assert not summary["has_target"] and np.isnan(summary["target"])
+    text = g.markdown_report({"runs": runs})
+    assert "no rollouts-to-target is reported" in text and "| speed-up vs uniform" not in text
+
+
+def test_paired_differences_and_their_t_intervals(g):
+    x = np.linspace(0, 1000, 11)
+    runs = {}
+    for seed, shift in enumerate([0.00, 0.02, -0.01, 0.01]):
+        base = 0.3 + 0.2 * x / 1000 + shift
+        runs[f"uniform/{seed}"] = _fake_run("uniform", seed, x, base)
+        runs[f"better/{seed}"] = _fake_run("better", seed, x, base + 0.05 + 0.001 * seed)
+    row = g.summarise({"runs": runs}, metric="train")["allocators"]["better"]
+    diffs = 0.05 + 0.001 * np.arange(4)
+    mean, low, high, count = row["final_diff"]
+    half = __import__("scipy").stats.t.ppf(0.975, 3) * diffs.std(ddof=1) / 2
+    assert count == 4 and mean == pytest.approx(diffs.mean()) and high - mean == pytest.approx(half)
+    assert g.excludes(low, high, 0.0) == "yes" and g.excludes(-0.1, 0.1, 0.0) == "no"
+    # The mean over the run (AUC) of a straight line is its value at the middle.
+    assert row["auc"][0] == pytest.approx(np.mean([0.4 + s + 0.05 + 0.001 * i for i, s in enumerate([0, .02, -.01, .01])]))
+
+
+def test_the_page_shows_the_tables_that_the_report_prints_from_the_committed_results(g):
+    """docs/benchmarks-small-model.md cannot drift from docs/results/: its tables are the report's output."""
+    import json
+
+    page = (ROOT / "docs" / "benchmarks-small-model.md").read_text(encoding="utf-8")
+    results = json.loads((ROOT / "docs" / "results" / "small_model_cpu.json").read_text())
+    sweep = [json.loads(p.read_text()) for p in sorted((ROOT / "docs" / "results").glob("small_model_cpu_lr_*.json"))]
+    blocks = g.page_blocks(results, sweep)
+    for name, text in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        assert begin in page and end in page, f"the page has no {name} block"
+        shown = page.split(begin, 1)[1].split(end, 1)[0].strip()
+        assert shown == text.strip(), f"the page's {name} block differs from what --report prints"
+
+
+def test_compacted_results_give_the_same_report(g):
+    x = np.linspace(0, 1000, 11)
+    runs = {}
+    for seed in range(3):
+        for name, lift in (("uniform", 0.0), ("other", 0.02)):
+            run = _fake_run(name, seed, x, 0.3 + 0.2 * x / 1000 + lift + 0.01 * seed)
+            run["steps"] = [{"rollouts": 100 * (i + 1), "drawn": 100, "trained": 100, "groups": 10, "mixed_groups": 4,
+                             "mixed_rollouts": 40, "zero_variance_share": 0.6, "cycles": 1, "mean_reward": 0.5,
+                             "allocator_seconds": 0.001, "epoch": 0, "loss": 0.1} for i in range(10)]
+            runs[f"{name}/{seed}"] = run
+    results = {"runs": runs}
+    small = g.compact(results)
+    assert isinstance(small["runs"]["uniform/0"]["steps"], dict) and "loss" not in small["runs"]["uniform/0"]["steps"]
+    assert g.markdown_report(small) == g.markdown_report(results)
 
 
 def test_results_of_other_settings_are_not_merged(g):

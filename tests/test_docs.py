@@ -1,7 +1,7 @@
 """The user documentation against the code: docs/flags.md is what the parser generates,
 every command line in the docs passes OpenRLHF's checks and ours, every Python example
 runs, every flag named exists, docs/metrics.md lists exactly the metrics the allocators
-emit, and the simulator figures quoted in docs/choosing.md are those of docs/benchmarks.md.
+emit, and the simulator figures quoted in the README and the docs are those of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -227,6 +227,73 @@ def test_choosing_quotes_the_benchmark_figures():
                 continue
             speedup = float(rows[allocator][2].split("±")[0])
             assert quoted[allocator] == f"{speedup:.2f}x", (scenario, allocator)
+
+
+# ── every doc that quotes a simulator figure quotes docs/benchmarks.md ──
+
+# A quoted figure is followed by a marker naming its cell of docs/benchmarks.md, e.g.
+# ``1.21x<!-- bench deepscaler vip vs-uniform -->``; the marker is invisible when rendered.
+QUOTING_DOCS = (
+    "README.md", "docs/choosing.md", "docs/cero.md", "docs/vip.md", "docs/pilot_commit.md", "docs/upstreaming.md",
+    "docs/simulator.md",
+)
+BENCH_COLUMNS = {"rollouts": 1, "vs-uniform": 2, "vs-best": 3, "effective": 4}
+QUOTE = re.compile(
+    r"(?P<figure>[0-9][0-9.,]*(?: ± [0-9.,]+)?)(?:x|×)?(?:\*\*)?\s*"
+    r"<!-- bench (?P<scenario>\w+) (?P<entry>\w+) (?P<column>[\w-]+) -->"
+)
+
+
+def quoted_figures(doc: str) -> list[re.Match]:
+    return list(QUOTE.finditer((REPO / doc).read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("doc", QUOTING_DOCS)
+def test_quoted_simulator_figures_are_those_of_the_benchmarks_doc(doc):
+    """A regenerated docs/benchmarks.md with other numbers fails here until every quote follows it:
+    a quote with its SD must equal the cell, a bare quote its mean."""
+    quotes = quoted_figures(doc)
+    assert quotes, f"{doc} quotes no marked simulator figure"
+    markers = (REPO / doc).read_text(encoding="utf-8").count("<!-- bench ")
+    assert markers == len(quotes), f"{doc}: {markers - len(quotes)} marker(s) not right after a figure"
+    rows = {}
+    for quote in quotes:
+        scenario, entry, column = quote["scenario"], quote["entry"], quote["column"]
+        assert column in BENCH_COLUMNS, f"{doc}: unknown column {column!r}; known: {', '.join(BENCH_COLUMNS)}"
+        if scenario not in rows:
+            rows[scenario] = benchmark_rows(scenario)
+        assert entry in rows[scenario], f"{doc}: no row {entry!r} in scenario {scenario!r} of docs/benchmarks.md"
+        cell = rows[scenario][entry][BENCH_COLUMNS[column]]
+        expected = cell if "±" in quote["figure"] else cell.split(" ±")[0]
+        assert quote["figure"] == expected, f"{doc} quotes {quote['figure']} for {scenario}/{entry}/{column}; " \
+            f"docs/benchmarks.md has {cell}"
+
+
+def test_quote_markers_are_recognised():
+    """The marker grammar itself: figure forms the docs use, and a wrong figure is caught."""
+    text = "is 1.21x<!-- bench deepscaler vip vs-uniform --> and **1.43x**<!-- bench hard cero vs-best --> " \
+        "and 312,841 ± 27,010<!-- bench deepscaler uniform rollouts -->"
+    found = [(m["figure"], m["scenario"], m["entry"], m["column"]) for m in QUOTE.finditer(text)]
+    assert found == [
+        ("1.21", "deepscaler", "vip", "vs-uniform"),
+        ("1.43", "hard", "cero", "vs-best"),
+        ("312,841 ± 27,010", "deepscaler", "uniform", "rollouts"),
+    ]
+
+
+def test_a_regenerated_benchmarks_doc_with_other_figures_fails_the_quotes(tmp_path, monkeypatch):
+    """The check follows docs/benchmarks.md: change one quoted cell there and a doc quoting it fails."""
+    text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    cell = benchmark_rows("deepscaler")["cero"][BENCH_COLUMNS["vs-uniform"]]
+    mean, sd = cell.split(" ± ")
+    changed = f"{float(mean) + 0.01:.2f} ± {sd}"
+    head, section = text.split("## Scenario `deepscaler`", 1)
+    row = next(line for line in section.splitlines() if line.startswith("| cero |"))
+    section = section.replace(row, row.replace(cell, changed, 1), 1)
+    (tmp_path / "benchmarks.md").write_text(head + "## Scenario `deepscaler`" + section, encoding="utf-8")
+    monkeypatch.setitem(globals(), "DOCS", tmp_path)  # benchmark_rows reads the module's DOCS
+    with pytest.raises(AssertionError, match="deepscaler/cero/vs-uniform"):
+        test_quoted_simulator_figures_are_those_of_the_benchmarks_doc("README.md")
 
 
 def test_python_example_in_the_readme_runs():

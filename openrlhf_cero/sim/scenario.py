@@ -20,6 +20,7 @@ from openrlhf_cero.allocators.base import GROUP_ESTIMATORS, AllocatorError
 from openrlhf_cero.sim.signal import ESTIMATORS, LOSS_AGG_MODES
 
 SIGNALS = ESTIMATORS  # advantage estimators the simulator models
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class Scenario:
     # --actor.loss_agg_mode: token-mean (OpenRLHF's default) or seq-mean-token-mean. With one token
     # per sample (the simulator models no response length) both give the same update.
     loss_agg_mode: str = "token-mean"
+    # How a step's gradient becomes an update: "sgd" moves each logit by lr times its gradient;
+    # "adam" first divides the step's gradient by the running RMS of its norm (second-moment
+    # decay adam_beta2, bias-corrected), as AdamW's per-parameter scaling does for parameters
+    # every prompt shares: each optimizer step then moves the policy by about the same amount,
+    # whatever the step's groups (docs/simulator.md, "Validated against the real run").
+    optimizer: str = "sgd"
+    adam_beta2: float = 0.999
     # ── learning dynamics (logit units) ──
     # The step's gradient of OpenRLHF's loss (sim/signal.py) times batch_size, so that a uniform
     # step moves a prompt by lr_self times its group's per-sample mean gradient.
@@ -106,6 +114,10 @@ class Scenario:
             raise bad("signal", self.signal, f"choose one of {', '.join(SIGNALS)}")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise bad("loss_agg_mode", self.loss_agg_mode, f"choose one of {', '.join(LOSS_AGG_MODES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+        if not 0.0 <= self.adam_beta2 < 1.0:
+            raise bad("adam_beta2", self.adam_beta2, "use a decay in [0, 1)")
         if self.metric not in ("eval", "train"):
             raise bad("metric", self.metric, "choose 'eval' or 'train'")
         if self.metric == "eval" and self.eval_size < 1:

@@ -70,6 +70,8 @@ class PromptWorld:
         self._sorted_ids = self.ids[: self.n_train][self._sorted]
         self.successes_total = np.zeros(total, dtype=np.int64)  # over every rollout drawn
         self.rollouts_drawn = 0  # every reward sampled, trained or not
+        self._square_norm_average = 0.0  # optimizer "adam": running mean of the step gradient's squared norm
+        self._updates = 0
 
     # ── reading ──
 
@@ -129,6 +131,8 @@ class PromptWorld:
         sc = self.scenario
         index = np.asarray(index, dtype=np.int64)
         gradient = self.step_gradients(sizes, successes)
+        if sc.optimizer == "adam":
+            gradient = self._normalised(gradient)
         delta = np.zeros_like(self.theta)
         np.add.at(delta, index, sc.lr_self * gradient)
         per_topic = np.bincount(self.topic[index], weights=gradient, minlength=sc.clusters)
@@ -138,6 +142,16 @@ class PromptWorld:
             delta += self.drift_rng.normal(0.0, sc.drift_sd / np.sqrt(sc.steps_per_epoch), size=self.theta.size)
         self.theta = self.theta + delta
         return gradient
+
+    def _normalised(self, gradient: np.ndarray) -> np.ndarray:
+        """The step's gradient over the bias-corrected running RMS of its norm (AdamW's second
+        moment, for parameters every prompt shares; no momentum). Still the loss gradient up
+        to one common scale per step, so the direction is the trainer's."""
+        beta = self.scenario.adam_beta2
+        self._updates += 1
+        self._square_norm_average = beta * self._square_norm_average + (1.0 - beta) * float(gradient @ gradient)
+        rms = np.sqrt(self._square_norm_average / (1.0 - beta**self._updates))
+        return gradient / rms if rms > 0 else gradient
 
     def improvement_weights(self, prompt_ids: np.ndarray) -> np.ndarray:
         """d(objective) / d G_i for train prompts by id, to first order: how much the scenario's

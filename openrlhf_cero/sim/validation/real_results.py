@@ -99,9 +99,15 @@ def parse_real_results(results: Mapping[str, Any], source: str = "results") -> R
         raise RealResultsError(f"{source} has no uniform run; the twin is calibrated on uniform")
     for runs in curves.values():
         runs.sort(key=lambda c: c.seed)
+    # GRPO may train on a subset of the warm-up's data (the benchmark's RL prompts).
+    sizes = results.get("rl_prompts") or {"train": _need(config, "train_size", "config"), "held_out": _need(config, "eval_size", "config")}
+    if int(sizes["train"]) != successes.size:
+        raise RealResultsError(
+            f"{source}: {successes.size} starting pass rates for {sizes['train']} training prompts; they must match"
+        )
     return RealRun(
-        train_size=int(_need(config, "train_size", "config")),
-        eval_size=int(_need(config, "eval_size", "config")),
+        train_size=int(sizes["train"]),
+        eval_size=int(sizes["held_out"]),
         batch_prompts=int(_need(config, "batch_prompts", "config")),
         n=int(_need(config, "n", "config")),
         min_samples=int(_need(config, "min_samples", "config")),

@@ -29,8 +29,9 @@ from openrlhf_cero.sim.validation.real_results import RealRun
 SCALE_RANGE = (1e-2, 1e3)
 
 
-def base_twin(real: RealRun) -> Scenario:
-    """The twin before calibration: the real run's setting, the deepscaler preset's dynamics."""
+def base_twin(real: RealRun, optimizer: str = "sgd") -> Scenario:
+    """The twin before calibration: the real run's setting, the deepscaler preset's dynamics,
+    with ``optimizer`` ("sgd": the presets' update; "adam": the step normalised as AdamW does)."""
     base = PRESETS["deepscaler"]
     return dataclasses.replace(
         base,
@@ -49,6 +50,7 @@ def base_twin(real: RealRun) -> Scenario:
         loss_agg_mode="token-mean",
         metric="train",
         target=0.5,  # unused by the validation: targets come from the real uniform's gain
+        optimizer=optimizer,
     ).validate()
 
 
@@ -81,7 +83,7 @@ class Calibration:
     twin_gain: float  # the calibrated twin's uniform train pass-rate gain
 
 
-def calibrate(real: RealRun, seeds: Sequence[int] = (0, 1, 2, 3)) -> Calibration:
+def calibrate(real: RealRun, seeds: Sequence[int] = (0, 1, 2, 3), optimizer: str = "sgd") -> Calibration:
     """The learning-rate scale at which the twin's uniform gains what the real uniform gains.
 
     Same seeds at every scale (common random numbers), so the gain is a smooth function of
@@ -90,7 +92,7 @@ def calibrate(real: RealRun, seeds: Sequence[int] = (0, 1, 2, 3)) -> Calibration
     target = real_uniform_train_gain(real)
     if not target > 0:
         raise ValueError(f"the real uniform run did not gain train accuracy ({target:+.3f}); nothing to calibrate on")
-    base = base_twin(real)
+    base = base_twin(real, optimizer)
 
     def miss(log_scale: float) -> float:
         return uniform_train_gain(scaled(base, math.exp(log_scale)), seeds) - target

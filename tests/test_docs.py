@@ -141,17 +141,22 @@ def test_python_examples_in_the_docs_run(doc, source):
     exec(compile(source, f"{doc} example", "exec"), {"__name__": "doc_example"})
 
 
-def test_global_budget_mode_is_refused_in_training_as_the_faq_says(capsys):
+def test_global_budget_mode_runs_in_training_as_the_faq_says(capsys):
+    """The recipe's flags with CERO's global budget mode pass the dry run; with dynamic
+    filtering they are refused, naming both flags (docs/faq.md)."""
     flags = subprocess.run(
         ["bash", str(REPO / "recipes" / "grpo_math.sh"), "cero"],
         env={**os.environ, "PRINT_FLAGS": "1"}, capture_output=True, text=True, check=True,
     ).stdout.splitlines()
-    global_mode = ["--allocator.cero.budget_mode", "global", "--allocator.cero.global_budget", "100000",
-                   "--allocator.cero.global_steps", "100"]
+    global_mode = ["--allocator.cero.budget_mode", "global"]
+    faq = (REPO / "docs" / "faq.md").read_text()
+    assert "### Does CERO's global budget mode run in training?" in faq
+    train_ppo_ray([*flags, *global_mode, "--dry_run"])
     with pytest.raises(SystemExit) as exit_info:
-        train_ppo_ray([*flags, *global_mode, "--dry_run"])
+        train_ppo_ray([*flags, *global_mode, "--algo.dynamic_filtering_enable", "--dry_run"])
     assert exit_info.value.code == 2
-    assert "global" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "budget_mode global" in err and "--algo.dynamic_filtering_enable" in err
 
 
 # ── docs/metrics.md against what the allocators emit ──

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable

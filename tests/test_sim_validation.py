@@ -126,3 +126,16 @@ def test_t_interval_matches_scipy_and_skips_unreached_seeds():
 def test_results_without_starting_pass_rates_name_the_missing_key():
     with pytest.raises(RealResultsError, match="'warmup'.* has no 'train_prompts'"):
         parse_real_results({"config": {}, "warmup": {}, "runs": {}})
+
+
+def test_the_simulator_page_shows_the_committed_comparison():
+    """docs/simulator.md's validation section is what the committed real results and the
+    committed twin figures give (python -m openrlhf_cero.cli.validate_sim --from-saved)."""
+    import json
+
+    from openrlhf_cero.cli.validate_sim import BEGIN, END, REAL_RESULTS, SIMULATOR_DOC, TWIN_RESULTS, section
+    from openrlhf_cero.sim.validation.real_results import read_real_results
+
+    page = SIMULATOR_DOC.read_text()
+    shown = BEGIN + page.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert shown == section(read_real_results(REAL_RESULTS), json.loads(TWIN_RESULTS.read_text()))

@@ -171,9 +171,10 @@ def test_options_of_an_allocator_not_selected(capsys):
 def test_cero_without_skips_that_the_step_loop_cannot_serve(capsys):
     argv = ["--rollout_allocator", "cero", "--allocator.cero.skip", "false", "--rollout.n_samples_per_prompt", "4",
             "--train.batch_size", "16"]
-    code, err = run(capsys, *argv)
+    code, err = run(capsys, *argv, "--allocator.cero.prompt_oversample", "3")
     assert code == 2 and "--allocator.cero.prompt_oversample to at most 2" in err
     main([*BASE, *argv, "--allocator.cero.prompt_oversample", "2", "--dry_run"])
+    main([*BASE, *argv, "--dry_run"])  # the default, 1, offers rollout.batch_size prompts: nothing to skip
 
 
 def test_reward_file_that_does_not_exist(capsys, tmp_path):

@@ -201,10 +201,11 @@ def test_allocator_trains_and_resumes(assets, tmp_path, allocator, mode, tracked
     allocator would know only the prompts of one step). With the sync trainer the resumed
     steps equal the uninterrupted run's, every logged figure bit for bit (issue 11); the
     async trainer overlaps generation with training, which no seed makes repeatable, so
-    there only the allocator's continuity is checked. CERO offers 3x the prompts per step
-    by default, hence 24 prompts for 2 steps an epoch."""
+    there only the allocator's continuity is checked. Every allocator here takes
+    rollout.batch_size prompts a step (CERO's prompt_oversample defaults to 1): 8 prompts
+    make 2 steps an epoch."""
     extra = ["--rollout_allocator", allocator] + (["--train.async_enable"] if mode == "async" else [])
-    data = {"data.max_samples": 24 if allocator == "cero" else 8, "train.num_episodes": 2}
+    data = {"data.max_samples": 8, "train.num_episodes": 2}
     first = train(assets, tmp_path / "first", *extra, **data)
     assert first["rollout/num_samples"] == {1: 16.0, 2: 16.0, 3: 16.0, 4: 16.0}
     assert first[tracked_metric][2] > first[tracked_metric][1]

@@ -47,35 +47,26 @@ def sigmoid(f: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(f, dtype=np.float64)))
 
 
-def scaled_rbf_from_unit_features(
+def rbf_from_unit_features(
     x: np.ndarray, y: np.ndarray, length_scale: float, out: np.ndarray | None = None
-) -> tuple[np.ndarray, float]:
-    """(G, c) with RBF kernel exp(-|x-y|^2 / (2 l^2)) = c * G for unit-norm rows, G in x's dtype.
+) -> np.ndarray:
+    """RBF kernel exp(-|x-y|^2 / (2 l^2)) for unit-norm rows, in x's dtype (into ``out`` if given).
 
-    For unit rows the exponent is (x.y - 1) / l^2, so G = exp((x / l^2).y) is one matrix
-    product with pre-scaled rows and one exp in place, and c = exp(-1/l^2). Leaving c out of
-    G saves a pass over the batch x window matrix where only G @ alpha is needed (c then
-    scales alpha). For tiny length scales, where exp(1/l^2) would overflow float32, the
-    exponent is formed explicitly and c = 1."""
+    For unit rows the exponent is (x.y - 1) / l^2, so the kernel is
+    exp(-1/l^2) * exp((x / l^2).y): one matrix product with pre-scaled rows and one exp in
+    place (the hot path of prediction). For tiny length scales, where exp(1/l^2) would
+    overflow float32, the exponent is formed explicitly instead."""
     inv = 1.0 / (length_scale * length_scale)
     if inv < 60.0:
         gram = np.matmul(x * x.dtype.type(inv), y.T, out=out)
-        return np.exp(gram, out=gram), float(np.exp(-inv))
+        np.exp(gram, out=gram)
+        gram *= gram.dtype.type(np.exp(-inv))
+        return gram
     gram = np.matmul(x, y.T, out=out)
     gram -= 1.0
     gram *= inv
     np.minimum(gram, 0.0, out=gram)
-    return np.exp(gram, out=gram), 1.0
-
-
-def rbf_from_unit_features(
-    x: np.ndarray, y: np.ndarray, length_scale: float, out: np.ndarray | None = None
-) -> np.ndarray:
-    """RBF kernel exp(-|x-y|^2 / (2 l^2)) for unit-norm rows, in x's dtype (into ``out`` if given)."""
-    gram, scale = scaled_rbf_from_unit_features(x, y, length_scale, out=out)
-    if scale != 1.0:
-        gram *= gram.dtype.type(scale)
-    return gram
+    return np.exp(gram, out=gram)
 
 
 def observation_targets(successes: np.ndarray, trials: np.ndarray, noise_scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -151,11 +142,11 @@ class SequentialLogitGP:
         shape = (features.shape[0], self.win_features.shape[0])
         if self._buffer is None or self._buffer.shape != shape:  # reused: a fresh 30 MB array costs page faults
             self._buffer = np.empty(shape, dtype=self.dtype)
-        kernel, scale = scaled_rbf_from_unit_features(
+        kernel = rbf_from_unit_features(
             features.astype(self.dtype, copy=False), self.win_features, self.length_scale, out=self._buffer
         )
         starts = np.searchsorted(self.win_update, since, side="right")
-        alpha = (self.win_alpha * scale).astype(self.dtype)
+        alpha = self.win_alpha.astype(self.dtype)
         out = np.empty(features.shape[0])
         for start in np.unique(starts):
             rows = np.flatnonzero(starts == start)

@@ -71,16 +71,22 @@ def _simulated_real_results() -> dict:
     """A results file in the real run's format whose "real" runs are simulator runs."""
     successes = _counts(256, 16, seed=1)
     skeleton = {
-        "config": dict(train_size=256, eval_size=128, batch_prompts=16, n=8, min_samples=2, max_samples=32, total_rollouts=256 * 8 * 10),
-        "warmup": {"train_prompts": {"samples": 16, "pass_rate": (successes / 16).tolist(), "bucket": [i % 8 for i in range(256)]}},
+        "config": dict(
+            train_size=256, eval_size=128, batch_prompts=16, n=8, min_samples=2, max_samples=32, total_rollouts=256 * 8 * 10
+        ),
+        "warmup": {
+            "train_prompts": {"samples": 16, "pass_rate": (successes / 16).tolist(), "bucket": [i % 8 for i in range(256)]}
+        },
         "runs": {},
     }
-    real = parse_real_results({**skeleton, "runs": {"u": {"allocator": "uniform", "seed": 0, "evals": [{"rollouts": 0, "train": 0, "held_out": 0}]}}})
+    placeholder = {"allocator": "uniform", "seed": 0, "evals": [{"rollouts": 0, "train": 0, "held_out": 0}]}
+    real = parse_real_results({**skeleton, "runs": {"u": placeholder}})  # its setting, to build the truth from
     truth = scaled(base_twin(real), KNOWN_SCALE)
     for entry in ENTRIES:
         for seed in SEEDS:
             r = run_allocator(truth, entry, seed + 100)  # other seeds than the twin's
-            evals = [{"rollouts": int(x), "train": float(t), "held_out": float(h)} for x, t, h in zip(r.cum_rollouts, r.train_pass_rate, r.eval_pass_rate)]
+            points = zip(r.cum_rollouts, r.train_pass_rate, r.eval_pass_rate)
+            evals = [{"rollouts": int(x), "train": float(t), "held_out": float(h)} for x, t, h in points]
             skeleton["runs"][f"{entry}-{seed}"] = {"allocator": entry, "seed": seed, "evals": evals}
     return skeleton
 

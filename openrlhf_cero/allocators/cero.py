@@ -223,7 +223,9 @@ class CeroAllocator(RolloutAllocator):
         if self.budget_mode != "global":
             return
         if steps < 1 or step_budget < 1 or step_multiple < 1:
-            raise AllocatorError(f"fit_to_run needs positive steps, budget and multiple; got {steps}, {step_budget}, {step_multiple}")
+            raise AllocatorError(
+                f"fit_to_run needs positive steps, budget and multiple; got {steps}, {step_budget}, {step_multiple}"
+            )
         self._step_budget, self._step_multiple = int(step_budget), int(step_multiple)
         self.global_steps = self.global_steps or int(steps)
         budget = self.global_budget or int(steps) * int(step_budget)

@@ -100,7 +100,10 @@ def parse_real_results(results: Mapping[str, Any], source: str = "results") -> R
     for runs in curves.values():
         runs.sort(key=lambda c: c.seed)
     # GRPO may train on a subset of the warm-up's data (the benchmark's RL prompts).
-    sizes = results.get("rl_prompts") or {"train": _need(config, "train_size", "config"), "held_out": _need(config, "eval_size", "config")}
+    sizes = results.get("rl_prompts") or {
+        "train": _need(config, "train_size", "config"),
+        "held_out": _need(config, "eval_size", "config"),
+    }
     if int(sizes["train"]) != successes.size:
         raise RealResultsError(
             f"{source}: {successes.size} starting pass rates for {sizes['train']} training prompts; they must match"

@@ -197,4 +197,6 @@ def compare(real: RealRun, records: Mapping[str, list[RunRecord]]) -> Comparison
     return Comparison(entries, real_figures(real), twin_figures(records))
 
 
-__all__ = ["Comparison", "EntryFigures", "Interval", "compare", "ranking", "real_figures", "run_twin", "t_interval", "twin_figures"]
+__all__ = [
+    "Comparison", "EntryFigures", "Interval", "compare", "ranking", "real_figures", "run_twin", "t_interval", "twin_figures",
+]

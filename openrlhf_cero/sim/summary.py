@@ -21,19 +21,24 @@ from openrlhf_cero.sim.scenario import Scenario
 BASELINE = "uniform"
 
 
-def rollouts_to_target(record: RunRecord, metric: str, target: float) -> float:
-    """Cumulative rollouts at which the mean pass rate first reaches ``target`` (linear
-    interpolation between steps); NaN when the run never reaches it."""
-    values = record.metric(metric)
+def first_reach(rollouts: np.ndarray, values: np.ndarray, target: float) -> float:
+    """Rollouts at which ``values`` first reaches ``target`` (linear interpolation between
+    points); NaN when it never does."""
     hit = np.flatnonzero(values >= target)
     if not hit.size:
         return math.nan
     i = int(hit[0])
     if i == 0:
         return 0.0
-    x0, x1 = record.cum_rollouts[i - 1], record.cum_rollouts[i]
+    x0, x1 = rollouts[i - 1], rollouts[i]
     y0, y1 = values[i - 1], values[i]
     return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0)) if y1 > y0 else float(x1)
+
+
+def rollouts_to_target(record: RunRecord, metric: str, target: float) -> float:
+    """Cumulative rollouts at which the mean pass rate first reaches ``target``; NaN when the
+    run never reaches it."""
+    return first_reach(record.cum_rollouts, record.metric(metric), target)
 
 
 def pass_rate_at(record: RunRecord, metric: str, rollouts: float) -> float:

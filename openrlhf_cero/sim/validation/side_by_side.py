@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats
 
 from openrlhf_cero.sim.runner import RunRecord, run_allocator
-from openrlhf_cero.sim.summary import pass_rate_at, rollouts_to_target
+from openrlhf_cero.sim.summary import first_reach, pass_rate_at, rollouts_to_target
 from openrlhf_cero.sim.validation.real_results import RealRun
 from openrlhf_cero.sim.validation.twin import Calibration
 
@@ -61,17 +61,6 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     return Interval(mean, mean - half, mean + half, int(finite.size))
 
 
-def _curve_rollouts_to(rollouts: np.ndarray, values: np.ndarray, target: float) -> float:
-    hit = np.flatnonzero(values >= target)
-    if not hit.size:
-        return math.nan
-    i = int(hit[0])
-    if i == 0:
-        return 0.0
-    x0, x1, y0, y1 = rollouts[i - 1], rollouts[i], values[i - 1], values[i]
-    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0))
-
-
 @dataclass(frozen=True)
 class EntryFigures:
     """Per seed, relative to uniform (paired by seed)."""
@@ -92,14 +81,14 @@ def real_figures(real: RealRun, target_share: float = TARGET_SHARE) -> dict[str,
     at = real.equal_rollouts
     uniform = {c.seed: c for c in real.curves["uniform"]}
     gain = float(np.mean([c.at("train", at) - c.train[0] for c in uniform.values()]))
-    cost_u = {s: _curve_rollouts_to(c.rollouts, c.train, c.train[0] + target_share * gain) for s, c in uniform.items()}
+    cost_u = {s: first_reach(c.rollouts, c.train, c.train[0] + target_share * gain) for s, c in uniform.items()}
     out = {}
     for entry, runs in real.curves.items():
         paired = [c for c in runs if c.seed in uniform]
         out[entry] = EntryFigures(
             gain_ratio=[1.0 + (c.at("train", at) - uniform[c.seed].at("train", at)) / gain for c in paired],
             speedup=[
-                _speedup(cost_u[c.seed], _curve_rollouts_to(c.rollouts, c.train, c.train[0] + target_share * gain))
+                _speedup(cost_u[c.seed], first_reach(c.rollouts, c.train, c.train[0] + target_share * gain))
                 for c in paired
             ],
             final_train=[c.at("train", at) for c in paired],

@@ -167,10 +167,21 @@ def test_generate_batch_larger_than_train_batch_is_served_step_by_step(assets, t
     assert not {s.prompts[0] for s in first} & {s.prompts[0] for s in second}
 
 
-@pytest.mark.parametrize("allocator, expected", [("uniform", 90), ("cero", 30), ("unequal_test", 90)])
-def test_max_steps_follows_the_prompts_a_step_consumes(assets, tmp_path, engines, allocator, expected):
-    """OpenRLHF sizes the learning-rate schedule from max_steps; CERO's default offers 3x
-    the prompts per step, so an epoch has a third of the steps."""
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--rollout_allocator", "uniform"], 90),
+        (["--rollout_allocator", "cero"], 90),  # CERO's default takes rollout.batch_size prompts a step
+        (["--rollout_allocator", "cero", "--allocator.cero.prompt_oversample", "3"], 30),
+        (["--rollout_allocator", "unequal_test"], 90),
+        (["--rollout_allocator", "cero", "--allocator.cero.budget_mode", "global"], "run budget"),
+    ],
+)
+def test_max_steps_follows_the_prompts_a_step_consumes(assets, tmp_path, engines, flags, expected):
+    """OpenRLHF sizes the learning-rate schedule from max_steps. CERO offering 3x the prompts
+    per step goes through an epoch in a third of the steps; in global budget mode max_steps
+    is the optimizer steps its run budget pays for (uniform's spend over the run's steps
+    by default, whatever max_steps said before)."""
     from types import SimpleNamespace
 
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
@@ -178,11 +189,16 @@ def test_max_steps_follows_the_prompts_a_step_consumes(assets, tmp_path, engines
     from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
     from openrlhf_cero.openrlhf.trainers import _install_allocating_generator
 
-    ours, _, args = make_generator(assets, tmp_path, engines, "--rollout_allocator", allocator)
+    ours, _, args = make_generator(assets, tmp_path, engines, *flags)
     stock = SamplesGenerator(strategy=ours.strategy, prompts_dataloader=ours.prompts_dataloader.loader,
                              eval_dataloader=None, tokenizer=ours.tokenizer, vllm_engines=engines)
     trainer = SimpleNamespace(samples_generator=stock, prompts_dataloader=stock.prompts_dataloader, max_steps=90)
     _install_allocating_generator(trainer)
+    if expected == "run budget":
+        prompts, batch, n = len(stock.prompts_dataloader), args.rollout.batch_size, args.rollout.n_samples_per_prompt
+        steps = -(-prompts // batch) * args.train.num_episodes
+        expected = steps * batch * n // args.train.batch_size * args.train.max_epochs
+        assert trainer.samples_generator.allocator.global_budget == steps * batch * n
     assert trainer.max_steps == expected
     assert isinstance(trainer.samples_generator, AllocatingSamplesGenerator)
     assert trainer.samples_generator.prompts_dataloader is trainer.prompts_dataloader

@@ -80,7 +80,7 @@ class CeroAllocator(RolloutAllocator):
             str,
             "step",
             "step: every step spends exactly rollout.batch_size * n_samples_per_prompt; global: pace "
-            "global_budget over global_steps, each step between the floor and the step's budget",
+            "global_budget over global_steps, each step between step_floor and step_ceiling",
             BUDGET_MODES,
         ),
         OptionSpec(

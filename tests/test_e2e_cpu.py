@@ -120,7 +120,10 @@ def test_uniform_matches_stock_openrlhf_and_resumes(assets, tmp_path):
     figures = sorted(key for key in stock if not key.startswith("timing/"))
     assert {"rollout/reward_mean", "group_reward_std", "return", "policy_loss", "kl"} <= set(figures) <= set(ours)
     for key in figures:
-        assert ours[key][1] == pytest.approx(stock[key][1], rel=1e-3, abs=1e-5), key
+        # ppo_kl at the first step is on-policy rounding noise around 0 (measured -5e-6 against
+        # +7e-6 in one run), so it is held to an absolute bound only.
+        bound = dict(rel=0.0, abs=5e-5) if key == "ppo_kl" else dict(rel=1e-3, abs=1e-5)
+        assert ours[key][1] == pytest.approx(stock[key][1], **bound), key
     every_step_4 = {step: 4.0 for step in range(1, 5)}
     assert ours["allocator/samples_per_prompt_min"] == ours["allocator/samples_per_prompt_max"] == every_step_4
 

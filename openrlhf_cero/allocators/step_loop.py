@@ -109,7 +109,7 @@ def run_step(
         groups, skipped, drawn = _run_cycle(allocator, prompt_ids, handles, cycle_budget, draw)
         outcome.rollouts_drawn += drawn
         remaining = _train(allocator, groups, remaining, accept, outcome)
-        if getattr(allocator, "variable_step_total", False):
+        if allocator.variable_step_total:
             candidates = []
             break  # the allocator paced this step's total itself (CERO's global budget mode)
         candidates = _best_candidates(allocator, candidates + skipped, outcome.groups, remaining)

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Callable, NoReturn, Sequence
 
 from openrlhf_cero.allocators import AllocatorError
+from openrlhf_cero.schedulers import SchedulerError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -34,14 +35,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from openrlhf_cero.openrlhf.flags import check_allocator_options_given, check_before_openrlhf, check_launch
     from openrlhf_cero.openrlhf.native import add_plugin_arguments, prepare_hooks
+    from openrlhf_cero.openrlhf.scheduler_flags import check_scheduler_launch, check_scheduler_options_given, scheduler_settings
     from openrlhf_cero.openrlhf.stock_main import run_stock_main
 
     def train(args: SimpleNamespace, stock_train: Callable[[SimpleNamespace], None]) -> None:
         check_allocator_options_given(argv, args.rollout.allocator)
         allocator = check_launch(args)
+        check_scheduler_options_given(argv, args.rollout.scheduler)
+        scheduler = check_scheduler_launch(args)
         runtime_hooks = prepare_hooks(args)  # False where OpenRLHF has native hooks (native.py)
         if args.dry_run:
             print(f"dry run: flags are valid; allocator {allocator.name} {allocator.state_dict()['settings']}")
+            if scheduler is not None:
+                print(f"dry run: scheduler {scheduler.name} {scheduler_settings(args)[1]}")
             return
         if runtime_hooks:
             from openrlhf_cero.openrlhf.trainers import use_allocating_trainers
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         run_stock_main(argv, add_arguments=add_plugin_arguments, train=train, check_parsed=check_before_openrlhf)
-    except AllocatorError as error:
+    except (AllocatorError, SchedulerError) as error:
         _fail(str(error))
 
 

@@ -48,10 +48,12 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     ``--rollout.allocator``; ours (same destination and default, plus the alias
     ``--rollout_allocator``) takes its place."""
     from openrlhf_cero.openrlhf.flags import add_allocator_arguments
+    from openrlhf_cero.openrlhf.scheduler_flags import add_scheduler_arguments
 
     if openrlhf_is_natively_hooked():
         parser.conflict_handler = "resolve"
     add_allocator_arguments(parser)
+    add_scheduler_arguments(parser)
 
 
 def prepare_hooks(args: SimpleNamespace) -> bool:
@@ -62,8 +64,16 @@ def prepare_hooks(args: SimpleNamespace) -> bool:
     ``--rollout.allocator_kwargs`` win).
     """
     from openrlhf_cero.openrlhf.flags import allocator_settings
+    from openrlhf_cero.openrlhf.scheduler_flags import NO_SCHEDULER, scheduler_name
 
     name = args.rollout.allocator
+    scheduler = scheduler_name(args)
+    if scheduler != NO_SCHEDULER and (openrlhf_is_natively_hooked() or not runtime_hooks_allowed()):
+        why = "this OpenRLHF has patches/ applied" if openrlhf_is_natively_hooked() else f"{RUNTIME_HOOKS_ENV}=0"
+        raise AllocatorError(
+            f"--rollout_scheduler {scheduler} needs the plugin's runtime hooks in OpenRLHF's trainer, and {why}; "
+            "use --rollout_scheduler none, or a stock OpenRLHF 0.11.2 with the plugin's hooks on"
+        )
     if openrlhf_is_natively_hooked():
         if args.allocator.fresh_on_resume:
             raise AllocatorError(

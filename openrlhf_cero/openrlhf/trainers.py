@@ -8,7 +8,9 @@ remote handle) and changes only what is built in ``__init__``:
   :class:`AllocatingSamplesGenerator`;
 - the actor that trains uses :class:`VariableGroupExperienceMaker` and adds the
   step's allocator figures to the status dict, which OpenRLHF logs to wandb /
-  tensorboard like its own.
+  tensorboard like its own;
+- with ``--rollout_scheduler``, the actor that trains also lets the scheduler choose
+  each step's training rollouts (:mod:`openrlhf_cero.openrlhf.scheduling_trainer`).
 
 Ray ships these classes to workers by reference to this module, so every worker
 imports it and nothing has to be patched in the workers. The one exception is inside
@@ -28,6 +30,8 @@ from openrlhf_cero.openrlhf.advantages import VariableGroupExperienceMaker
 from openrlhf_cero.openrlhf.checkpoint import AllocatorCheckpointingLoader
 from openrlhf_cero.openrlhf.flags import allocator_from_args, step_multiple
 from openrlhf_cero.openrlhf.generator import AllocatingSamplesGenerator
+from openrlhf_cero.openrlhf.scheduler_flags import NO_SCHEDULER, scheduler_name
+from openrlhf_cero.openrlhf.scheduling_trainer import SchedulesRollouts, install_scheduling_maker
 
 
 def _install_allocating_generator(owner) -> None:
@@ -71,6 +75,11 @@ def _install_allocating_generator(owner) -> None:
 
 
 def _install_variable_group_advantages(owner) -> None:
+    """Our experience maker: advantages over variable groups, and with ``--rollout_scheduler``
+    the scheduler's choice of the step's training rollouts (scheduling_trainer.py)."""
+    if scheduler_name(owner.args) != NO_SCHEDULER:
+        install_scheduling_maker(owner)
+        return
     stock = owner.experience_maker
     owner.experience_maker = VariableGroupExperienceMaker(
         stock.actor_model_group,
@@ -92,7 +101,7 @@ class _LogsAllocatorMetrics:
         return status, global_step
 
 
-class _AllocatingPPOTrainer(_LogsAllocatorMetrics, ppo_trainer.PPOTrainer.__ray_actor_class__):
+class _AllocatingPPOTrainer(SchedulesRollouts, _LogsAllocatorMetrics, ppo_trainer.PPOTrainer.__ray_actor_class__):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _install_allocating_generator(self)
@@ -105,7 +114,7 @@ class _AllocatingGenerateSamplesActor(ppo_trainer_async.GenerateSamplesActor.__r
         _install_allocating_generator(self)
 
 
-class _AllocatingTrainingActor(_LogsAllocatorMetrics, ppo_trainer_async.TrainingActor.__ray_actor_class__):
+class _AllocatingTrainingActor(SchedulesRollouts, _LogsAllocatorMetrics, ppo_trainer_async.TrainingActor.__ray_actor_class__):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _install_variable_group_advantages(self)

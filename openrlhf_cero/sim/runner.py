@@ -8,6 +8,12 @@ allocator is reached only through the public contract (``create_allocator``,
 baselines (:mod:`openrlhf_cero.sim.baselines`) and the oracle run through the same loop;
 a baseline with an ``accept_group`` method (dynamic filtering) filters groups as
 OpenRLHF's dynamic filtering does, through the step loop's ``accept``.
+
+With a rollout scheduler (``scheduler="cbs"`` or ``{"name": "cbs", "buffer_size": ...}``)
+the step's drawn groups go to :class:`openrlhf_cero.sim.scheduled.ScheduledTrainer`, which
+trains the batch the scheduler picks (fresh and buffered rollouts) per rollout with PPO's
+ratio and clip; rollouts are counted as drawn, so a reused rollout costs nothing again.
+Without one, the step trains every drawn group by the group rule, as before.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ import numpy as np
 from openrlhf_cero.allocators.base import RolloutAllocator
 from openrlhf_cero.allocators.registry import create_allocator
 from openrlhf_cero.allocators.step_loop import run_step
+from openrlhf_cero.schedulers.base import SchedulerError
+from openrlhf_cero.schedulers.registry import NO_SCHEDULER, create_scheduler
 from openrlhf_cero.sim.baselines import BASELINES
 from openrlhf_cero.sim.oracle import OracleAllocator
 from openrlhf_cero.sim.scenario import Scenario
+from openrlhf_cero.sim.scheduled import ScheduledTrainer
 from openrlhf_cero.sim.world import PromptWorld
 
 ORACLE = "oracle"
@@ -106,6 +115,20 @@ def build_allocator(
     return create_allocator(name, **settings, **dict(options or {}))
 
 
+def scheduler_settings(spec: "str | Mapping[str, Any] | None") -> tuple[str, dict[str, Any]] | None:
+    """(name, settings) of a scheduler spec; None for no scheduler (None or "none")."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        name, settings = spec, {}
+    elif isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        settings = dict(spec)
+        name = settings.pop("name")
+    else:
+        raise SchedulerError(f"a scheduler is a name or a mapping with a 'name' key, got {spec!r}")
+    return None if name == NO_SCHEDULER else (name, settings)
+
+
 def run_allocator(
     scenario: Scenario,
     allocator_name: str,
@@ -113,13 +136,21 @@ def run_allocator(
     options: Mapping[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
     keep_snapshots: bool = False,
+    scheduler: "str | Mapping[str, Any] | None" = None,
 ) -> RunRecord:
     """Train until ``scenario.total_rollouts`` rollouts are drawn; ``on_step`` gets each step's rollouts.
 
-    ``keep_snapshots`` stores the train prompts' pass rates at every epoch start (for calibration)."""
+    ``keep_snapshots`` stores the train prompts' pass rates at every epoch start (for calibration).
+    ``scheduler``: a rollout scheduler picks each step's training batch (module docstring); its
+    per-step metrics and timings are in ``extra["scheduler"]``."""
     started = time.perf_counter()
     world = PromptWorld(scenario, seed)
     allocator = build_allocator(allocator_name, scenario, seed, world, options)
+    chosen = scheduler_settings(scheduler)
+    trainer = None
+    if chosen is not None:
+        trainer = ScheduledTrainer(world, create_scheduler(chosen[0], **{"seed": seed, **chosen[1]}))
+    scheduled: dict[str, list[float]] = {}
     # As the trainer does: the run's shape, for allocators whose step totals vary (CERO's global budget).
     allocator.fit_to_run(steps=math.ceil(scenario.total_rollouts / scenario.step_budget), step_budget=scenario.step_budget)
     step_bound = allocator.step_total_bound(scenario.step_budget)
@@ -151,7 +182,17 @@ def run_allocator(
         sizes = np.fromiter((len(g.samples) for g in outcome.groups), dtype=np.int64, count=index.size)
         wins = np.fromiter((g.rewards.sum() for g in outcome.groups), dtype=np.float64, count=index.size)
         mixed = (wins > 0) & (wins < sizes)
-        world.train_step(index, sizes, wins)
+        if trainer is None:
+            world.train_step(index, sizes, wins)
+            trained = (index.size, int(mixed.sum()), int(sizes.sum()), int(sizes[mixed].sum()))
+        else:
+            figures = trainer.step(index, [g.rewards for g in outcome.groups])
+            trained = (figures.trained_groups, figures.mixed_groups, figures.trained, figures.rollouts_mixed)
+            for key, value in {
+                "reused": figures.reused, "clipped": figures.clipped, "select_seconds": figures.select_seconds,
+                "feedback_seconds": figures.feedback_seconds, **figures.metrics,
+            }.items():
+                scheduled.setdefault(key, []).append(float(value))
         if getattr(outcome, "warning", None) or (not allocator.variable_step_total and int(sizes.sum()) < scenario.step_budget):
             short_steps += 1
         np.add.at(size_counts, np.minimum(sizes, scenario.max_samples), 1)
@@ -161,10 +202,7 @@ def run_allocator(
                 cum,
                 world.mean_pass_rate("eval") if scenario.eval_size else np.nan,
                 world.mean_pass_rate("train"),
-                index.size,
-                int(mixed.sum()),
-                int(sizes.sum()),
-                int(sizes[mixed].sum()),
+                *trained,
                 alloc_seconds,
             )
         )
@@ -176,7 +214,7 @@ def run_allocator(
             break
     cols = list(zip(*rows))
     return RunRecord(
-        allocator=allocator_name,
+        allocator=allocator_name if chosen is None else f"{allocator_name}+{chosen[0]}",
         seed=seed,
         cum_rollouts=np.array(cols[0], dtype=np.int64),
         eval_pass_rate=np.array(cols[1], dtype=np.float64),
@@ -195,5 +233,6 @@ def run_allocator(
             "world_rollouts_drawn": world.rollouts_drawn,
             "never_solved_share": float((world.successes_total[: world.n_train] == 0).mean()),
             "pass_rate_snapshots": np.array(snapshots) if keep_snapshots else None,
+            **({"scheduler": {k: np.array(v) for k, v in scheduled.items()}} if trainer is not None else {}),
         },
     )

@@ -128,9 +128,20 @@ class PromptWorld:
 
     def train_step(self, index: np.ndarray, sizes: np.ndarray, successes: np.ndarray) -> np.ndarray:
         """Apply one step's update from its trained groups; returns each group's G_i."""
+        gradient = self.step_gradients(sizes, successes)
+        return self.apply_gradients(index, gradient)[0]
+
+    def apply_gradients(self, index: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Move the logits by one step whose trained groups on prompts ``index`` have the scaled
+        gradients ``gradient`` (G_i, the module docstring), then drift.
+
+        Returns the gradients as applied (after the ``adam`` normalisation) and the update's own
+        change of every logit, drift excluded: the scheduled trainer (sim/scheduled.py) measures
+        what training did to each rollout's log-probability from it, and drift is the same
+        whichever rollouts trained."""
         sc = self.scenario
         index = np.asarray(index, dtype=np.int64)
-        gradient = self.step_gradients(sizes, successes)
+        gradient = np.asarray(gradient, dtype=np.float64)
         if sc.optimizer == "adam":
             gradient = self._normalised(gradient)
         delta = np.zeros_like(self.theta)
@@ -138,10 +149,11 @@ class PromptWorld:
         per_topic = np.bincount(self.topic[index], weights=gradient, minlength=sc.clusters)
         delta += sc.lr_cluster * per_topic[self.topic] / (sc.batch_size / sc.clusters)
         delta += sc.lr_global * gradient.sum() / sc.batch_size
+        update = delta.copy()
         if sc.drift_sd > 0:
             delta += self.drift_rng.normal(0.0, sc.drift_sd / np.sqrt(sc.steps_per_epoch), size=self.theta.size)
         self.theta = self.theta + delta
-        return gradient
+        return gradient, update
 
     def _normalised(self, gradient: np.ndarray) -> np.ndarray:
         """The step's gradient over the bias-corrected running RMS of its norm (AdamW's second

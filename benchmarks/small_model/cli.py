@@ -29,7 +29,7 @@ from benchmarks.small_model.report import (
 from benchmarks.small_model.runs import merge_results, run_all
 from benchmarks.small_model.task import rl_datasets
 
-SKIPPED_FIELDS = ("deadline", "allocator_options")
+SKIPPED_FIELDS = ("deadline", "allocator_options", "scheduler_options")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -40,6 +40,7 @@ def build_config(args: argparse.Namespace) -> Config:
         if value is not None and name not in SKIPPED_FIELDS:
             settings[name] = value
     settings["allocator_options"] = json.loads(args.allocator_options)
+    settings["scheduler_options"] = json.loads(args.scheduler_options)
     if args.time_limit:
         settings["deadline"] = time.time() + args.time_limit
     return Config(**settings)
@@ -71,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
         kind = type(f.default)
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     p.add_argument("--allocator-options", default="{}", help='JSON, e.g. {"cero": {"prompt_oversample": 2}}')
+    p.add_argument("--scheduler-options", default="{}", help='JSON, options of the schedulers that entries '
+                   'ALLOCATOR+SCHEDULER (e.g. cero+cbs) use, e.g. {"cbs": {"buffer_size": 256}}')
     return p
 
 

@@ -47,6 +47,9 @@ class Config:
     eval_samples: int = 0  # > 0: evaluations also record the sampled accuracy over this many samples per prompt
     deadline: float = 0.0  # wall-clock time (time.time()) at which runs stop and keep what they have
     allocator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Options of the schedulers that entries ``ALLOCATOR+SCHEDULER`` use, by scheduler name
+    # (e.g. {"cbs": {"buffer_size": 256}}); the scheduler's defaults otherwise.
+    scheduler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     device: str = "cuda"
 
 

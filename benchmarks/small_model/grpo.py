@@ -4,8 +4,10 @@ Each step draws rollouts through :func:`openrlhf_cero.allocators.step_loop.run_s
 loop the OpenRLHF generator runs), so pilots, skipped prompts, refills and dynamic filtering
 happen exactly as in training and every rollout drawn is counted. ``draw`` samples from the
 current policy in one batch and scores exactly. Advantages are OpenRLHF's group_norm per group
-of its own size; the loss is the token-mean policy gradient, one optimizer step per step's
-batch (on-policy, so PPO's ratio is 1 and clipping is inactive), no KL, no critic.
+of its own size; the loss is OpenRLHF's PPO clipped surrogate, token-mean, one optimizer step
+per step's batch, no KL, no critic. Without a scheduler every rollout is fresh, so the ratio is
+1 and the gradient is the plain policy gradient's; an entry ``ALLOCATOR+SCHEDULER`` trains on
+what the scheduler selects, buffered rollouts of earlier steps included (:mod:`.scheduling`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 import torch
 
 from benchmarks.small_model.config import Config
-from benchmarks.small_model.model import (
-    TinyDecoder, completion_logprobs, greedy_accuracy, pass_rates, sample_in_chunks,
+from benchmarks.small_model.model import TinyDecoder, greedy_accuracy, pass_rates, sample_in_chunks
+from benchmarks.small_model.scheduling import (
+    ScheduledTraining, build_scheduler, clipped_update, scheduler_settings, split_entry,
 )
 from benchmarks.small_model.task import PromptSet, rl_datasets
 from benchmarks.small_model.warmup import build_model
@@ -55,7 +58,8 @@ def group_norm_advantages(rewards: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def policy_gradient_loss(logp: torch.Tensor, counted: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """Token-mean REINFORCE with the sequence's advantage on each of its tokens."""
+    """Token-mean REINFORCE with the sequence's advantage on each of its tokens: the loss before
+    PPO's clipped surrogate replaced it, kept as the reference that loss equals on fresh rollouts."""
     return -(advantages[:, None] * logp).sum() / counted.sum().clamp(min=1)
 
 
@@ -121,21 +125,23 @@ class RolloutDrawer:
 
 def grpo_update(
     model: TinyDecoder, opt: torch.optim.Optimizer, train: PromptSet, drawer: RolloutDrawer, groups: Sequence[Any],
-    grad_clip: float,
-) -> float:
-    """One optimizer step on the trained groups: group_norm advantages, token-mean loss."""
+    grad_clip: float, scheduled: ScheduledTraining | None = None,
+) -> tuple[float, dict[str, float]]:
+    """One optimizer step: group_norm advantages over each whole drawn group, PPO's token-mean
+    loss on every drawn rollout, or on the scheduler's selection when ``scheduled`` is given.
+    Returns the loss and the scheduler's figures (none without one)."""
     rows = np.concatenate([np.asarray(g.samples, dtype=np.int64) for g in groups])
     rewards = np.concatenate([g.rewards for g in groups])
     sizes = np.array([len(g.samples) for g in groups], dtype=np.int64)
-    advantages = torch.as_tensor(group_norm_advantages(rewards, sizes), dtype=torch.float32, device=train.tokens.device)
+    advantages = group_norm_advantages(rewards, sizes)
     prompt_rows, completions = drawer.gather(rows)
-    logp, counted = completion_logprobs(model, train.tokens[prompt_rows], train.mask[prompt_rows], completions)
-    loss = policy_gradient_loss(logp, counted, advantages)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    return float(loss.detach())
+    if scheduled is not None:
+        prompt_ids = np.repeat(np.array([g.prompt_id for g in groups], dtype=np.uint64), sizes)
+        group = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+        return scheduled.update(model, opt, train, prompt_ids, group, rewards, advantages, prompt_rows, completions,
+                                grad_clip)
+    adv = torch.as_tensor(advantages, dtype=torch.float32, device=train.tokens.device)
+    return clipped_update(model, opt, train, prompt_rows, completions, adv, None, grad_clip)[0], {}
 
 
 def build_allocator(cfg: Config, name: str, seed: int) -> RolloutAllocator:
@@ -171,9 +177,10 @@ def write_json(path: Path, payload: Any) -> None:
 def run_allocator(
     cfg: Config, name: str, seed: int, state: Mapping[str, torch.Tensor], progress_path: Path | None = None
 ) -> dict[str, Any]:
-    """GRPO from the warm-up checkpoint until ``total_rollouts`` rollouts are drawn.
+    """GRPO from the warm-up checkpoint until ``total_rollouts`` rollouts are drawn; ``name`` is an
+    allocator, or ``ALLOCATOR+SCHEDULER`` (e.g. ``cero+cbs``) to train on a scheduler's selection.
 
-    The record holds greedy accuracies (train and held-out) against rollouts drawn and against
+    Rollouts are counted as drawn: a reused rollout is no new draw. The record holds greedy accuracies (train and held-out) against rollouts drawn and against
     optimizer steps, and per-step figures: rollouts drawn and trained, groups, mixed groups."""
     device = torch.device(cfg.device)
     train, held_out = (s.to(device) for s in rl_datasets(
@@ -183,7 +190,10 @@ def run_allocator(
     model = build_model(cfg, device)
     model.load_state_dict(state)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    allocator = build_allocator(cfg, name, seed)
+    allocator_name, scheduler_name = split_entry(name)
+    allocator = build_allocator(cfg, allocator_name, seed)
+    scheduled = (ScheduledTraining(build_scheduler(scheduler_name, seed, cfg.scheduler_options))
+                 if scheduler_name else None)
     accept = getattr(allocator, "accept_group", None)
     max_cycles = getattr(allocator, "max_cycles", None) or MAX_CYCLES
     stream = EpochStream(len(train.texts), seed)
@@ -197,6 +207,8 @@ def run_allocator(
 
     record: dict[str, Any] = {"allocator": name, "seed": seed, "settings": resolved_settings(allocator),
                               "evals": [], "steps": [], "done": False}
+    if scheduled is not None:
+        record["scheduler"] = scheduler_settings(scheduled.scheduler)
     start = time.time()
 
     def evaluate(cum: int, step: int) -> None:
@@ -227,7 +239,8 @@ def run_allocator(
             record["error"] = str(exc)
             break
         update_start = time.perf_counter()
-        loss = grpo_update(model, opt, train, drawer, outcome.groups, cfg.grad_clip) if outcome.groups else 0.0
+        loss, figures = (grpo_update(model, opt, train, drawer, outcome.groups, cfg.grad_clip, scheduled)
+                         if outcome.groups else (0.0, {}))
         update_seconds = time.perf_counter() - update_start
         step += 1 if outcome.groups else 0
         cum += outcome.rollouts_drawn
@@ -238,7 +251,7 @@ def run_allocator(
         record["steps"].append({
             "rollouts": cum,
             "drawn": outcome.rollouts_drawn,
-            "trained": int(sizes.sum()),
+            "trained": int(figures.get("trained_fresh", sizes.sum()) + figures.get("trained_reused", 0)),
             "groups": int(sizes.size),
             "mixed_groups": int(mixed.sum()),
             "mixed_rollouts": int(sizes[mixed].sum()) if sizes.size else 0,
@@ -251,6 +264,8 @@ def run_allocator(
             "update_seconds": round(update_seconds, 4),
             "allocator_seconds": round(update_start - step_start - drawer.seconds, 5),
             "epoch": stream.epoch,
+            "step_seconds": round(time.perf_counter() - step_start, 4),
+            **figures,
         })
         if outcome.rollouts_drawn == 0:
             break

@@ -31,6 +31,10 @@ NOISE_MULTIPLE = 3.0  # the target's gain over the start must be at least this m
 # Per-step fields kept in the committed results (the rest are timings of the shared CPU).
 STEP_FIELDS = ("rollouts", "drawn", "trained", "groups", "mixed_groups", "mixed_rollouts", "zero_variance_share",
                "cycles", "mean_reward", "allocator_seconds", "epoch")
+# Kept too where a run has them: what a scheduler (entry ALLOCATOR+SCHEDULER) did each step, and
+# the step's timings, which the scheduler comparison reports (wall time per step with and without).
+SCHEDULER_STEP_FIELDS = ("trained_fresh", "trained_reused", "buffered", "reused_clipped_token_share", "mean_gain",
+                         "scheduler_seconds", "gain_seconds", "draw_seconds", "update_seconds", "step_seconds")
 
 
 def steps_of(run: dict) -> list[dict]:
@@ -56,7 +60,11 @@ def compact(results: dict) -> dict:
     out["runs"] = {}
     for key, run in results["runs"].items():
         rows = steps_of(run)
-        columns = {f: [round(s[f], 5) if isinstance(s[f], float) else s[f] for s in rows] for f in STEP_FIELDS
+        fields = list(STEP_FIELDS)
+        if rows and any(f in rows[0] for f in ("trained_fresh", "step_seconds")):
+            fields += list(SCHEDULER_STEP_FIELDS)
+            fields += sorted(f for f in rows[0] if f.startswith("scheduler_") and f not in fields)
+        columns = {f: [round(s[f], 5) if isinstance(s[f], float) else s[f] for s in rows] for f in fields
                    if rows and f in rows[0]}
         out["runs"][key] = {**run, "steps": columns}
     return out
@@ -335,11 +343,17 @@ def settings_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def page_blocks(results: dict, sweep: Sequence[dict], gain_share: float = 0.75) -> dict[str, str]:
-    """The generated blocks of docs/benchmarks-small-model.md, by marker name."""
+def page_blocks(
+    results: dict, sweep: Sequence[dict], gain_share: float = 0.75, scheduled: dict | None = None
+) -> dict[str, str]:
+    """The generated blocks of docs/benchmarks-small-model.md, by marker name; ``scheduled``, the
+    results of the scheduler entries, adds the block that compares them."""
     at = min(r["evals"][-1]["rollouts"] for r in finished_runs(results))
-    return {"report": markdown_report(results, gain_share), "settings": settings_table(results),
-            "sweep": sweep_table(sweep, at), "warmup": warmup_table(results)}
+    blocks = {"report": markdown_report(results, gain_share), "settings": settings_table(results),
+              "sweep": sweep_table(sweep, at), "warmup": warmup_table(results)}
+    if scheduled is not None:
+        blocks["scheduler"] = scheduler_report(results, scheduled, gain_share)
+    return blocks
 
 
 def fill_page(page: str, blocks: dict[str, str]) -> str:
@@ -374,6 +388,150 @@ def warmup_table(results: dict) -> str:
         r = rates[buckets == b]
         lines.append(f"| `{table['bucket_names'][b]}` | {r.size} | {r.mean():.3f} | {np.mean(r == 0):.0%} | {np.mean(r == 1):.0%} |")
     return "\n".join(lines)
+
+
+# ── scheduler entries ─────────────────────────────────────────────────────────────────
+
+
+def base_allocator(entry: str) -> str:
+    """The allocator of an entry ``ALLOCATOR+SCHEDULER`` (the entry itself when it has none)."""
+    return entry.partition("+")[0]
+
+
+def _paired(values: dict[int, float], against: dict[int, float]) -> list[float]:
+    return [values[s] - against[s] for s in values if s in against]
+
+
+def _speedups(mine: dict[int, dict], base: dict[int, dict]) -> list[float]:
+    return [base[s]["to_target"] / mine[s]["to_target"] if mine[s]["to_target"] > 0 else float("nan")
+            for s in mine if s in base]
+
+
+def scheduler_summary(main: dict, scheduled: dict, metric: str, gain_share: float = 0.75) -> dict[str, Any]:
+    """The scheduler entries of ``scheduled`` against uniform and against their own allocator
+    without a scheduler (both from ``main``), paired by seed, at the main comparison's equal
+    rollouts and target (uniform's gain sets it, as in the main tables)."""
+    entries = [r for r in finished_runs(scheduled) if "+" in r["allocator"]]
+    combined = {"runs": {**{k: r for k, r in main["runs"].items() if r.get("evals")},
+                         **{f"{r['allocator']}/{r['seed']}": r for r in entries}}}
+    summary = summarise(combined, metric, gain_share)
+    rows: dict[str, Any] = {}
+    for name in dict.fromkeys(r["allocator"] for r in entries):
+        mine, base = summary["allocators"][name]["per_seed"], summary["allocators"].get(base_allocator(name), {})
+        base_values = base.get("per_seed", {}) if base else {}
+        uniform = summary["allocators"]["uniform"]["per_seed"]
+        row = dict(summary["allocators"][name])
+        row["base"] = base_allocator(name)
+        row["base_pairs"] = len([s for s in mine if s in base_values])
+        for key in ("final", "auc"):
+            row[f"{key}_diff_base"] = t_interval(_paired({s: v[key] for s, v in mine.items()},
+                                                         {s: v[key] for s, v in base_values.items()}))
+            row[f"{key}_diff"] = t_interval(_paired({s: v[key] for s, v in mine.items()},
+                                                    {s: v[key] for s, v in uniform.items()}))
+        row["speedup_base"] = ratio_interval(_speedups(mine, base_values))
+        rows[name] = row
+    return {**summary, "entries": rows}
+
+
+def _cell(stat: tuple[float, float, float, int], fmt: str, against: float, sign: bool = False) -> str:
+    return f"{fmt_ci(stat, fmt, sign)} | {excludes(*stat[1:3], against)}"
+
+
+def scheduler_accuracy_table(summary: dict, label: str) -> str:
+    lines = [
+        f"| entry | seeds | {label} acc. at {summary['equal_rollouts']:,.0f} rollouts | Δ vs uniform | excludes 0 "
+        "| Δ vs same allocator without scheduler | excludes 0 | Δ AUC vs uniform | excludes 0 "
+        "| Δ AUC vs same allocator without scheduler | excludes 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary["entries"].items():
+        lines.append(
+            f"| {name} | {len(row['seeds'])} | {fmt_ci(row['final'], '.3f')} | {_cell(row['final_diff'], '.3f', 0, True)} "
+            f"| {_cell(row['final_diff_base'], '.3f', 0, True)} | {_cell(row['auc_diff'], '.3f', 0, True)} "
+            f"| {_cell(row['auc_diff_base'], '.3f', 0, True)} |")
+    return "\n".join(lines)
+
+
+def scheduler_target_table(summary: dict) -> str:
+    if not summary["has_target"]:
+        return "No rollouts-to-target: uniform's gain is not above the evaluation noise (see the main tables)."
+    lines = [
+        f"Target {summary['target']:.3f} (start + {summary['gain_share']:.0%} of uniform's gain, as in the main tables).",
+        "",
+        "| entry | seeds reaching the target | rollouts to target | speed-up vs uniform (x) | excludes 1 "
+        "| speed-up vs same allocator without scheduler (x) | excludes 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary["entries"].items():
+        lines.append(f"| {name} | {row['reached']} of {len(row['seeds'])} | {fmt_ci(row['to_target'], ',.0f')} "
+                     f"| {_cell(row['speedup'], '.2f', 1.0)} | {_cell(row['speedup_base'], '.2f', 1.0)} |")
+    return "\n".join(lines)
+
+
+def _step_mean(runs: list[dict], field: str, scale: float = 1.0) -> tuple[float, float, float, int]:
+    """Mean over seeds of each run's per-step mean of ``field`` (runs without it: n/a)."""
+    values = [scale * float(np.mean([s[field] for s in steps_of(r)])) for r in runs
+              if steps_of(r) and field in steps_of(r)[0]]
+    return t_interval(values)
+
+
+def scheduler_step_table(scheduled: dict) -> str:
+    """Per entry: what the scheduler trained each step, and where the step's wall time went."""
+    runs = finished_runs(scheduled)
+    lines = [
+        "| entry | seeds | trained per step: fresh | reused | reuse share | mean staleness (steps) "
+        "| fresh selected share | reused tokens outside the clip range | mean gain x1e3 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = [n for n in allocator_names(runs) if "+" in n]
+    for name in names:
+        mine = [r for r in runs if r["allocator"] == name]
+        lines.append(
+            f"| {name} | {len(mine)} | {fmt_ci(_step_mean(mine, 'trained_fresh'), '.0f')} "
+            f"| {fmt_ci(_step_mean(mine, 'trained_reused'), '.0f')} "
+            f"| {fmt_ci(_step_mean(mine, 'scheduler_reuse_share'), '.3f')} "
+            f"| {fmt_ci(_step_mean(mine, 'scheduler_mean_staleness'), '.2f')} "
+            f"| {fmt_ci(_step_mean(mine, 'scheduler_selected_share'), '.3f')} "
+            f"| {fmt_ci(_step_mean(mine, 'reused_clipped_token_share'), '.3f')} "
+            f"| {fmt_ci(_step_mean(mine, 'mean_gain', 1e3), '.3f')} |")
+    lines += [
+        "",
+        "| entry | seeds | wall ms per step | draw | policy update | scheduler (select, feedback, buffer) "
+        "| gain forward | step without the scheduler's parts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in allocator_names(runs):
+        mine = [r for r in runs if r["allocator"] == name and steps_of(r) and "step_seconds" in steps_of(r)[0]]
+        if not mine:
+            continue
+        has = "scheduler_seconds" in steps_of(mine[0])[0]
+        without = [1000 * float(np.mean([s["step_seconds"] - s.get("scheduler_seconds", 0) - s.get("gain_seconds", 0)
+                                         for s in steps_of(r)])) for r in mine]
+        update = [1000 * float(np.mean([s["update_seconds"] - s.get("scheduler_seconds", 0) - s.get("gain_seconds", 0)
+                                        for s in steps_of(r)])) for r in mine]
+        lines.append(
+            f"| {name} | {len(mine)} | {fmt_ci(_step_mean(mine, 'step_seconds', 1e3), '.0f')} "
+            f"| {fmt_ci(_step_mean(mine, 'draw_seconds', 1e3), '.0f')} | {fmt_ci(t_interval(update), '.0f')} "
+            f"| {fmt_ci(_step_mean(mine, 'scheduler_seconds', 1e3), '.1f') if has else '—'} "
+            f"| {fmt_ci(_step_mean(mine, 'gain_seconds', 1e3), '.1f') if has else '—'} "
+            f"| {fmt_ci(t_interval(without), '.0f')} |")
+    return "\n".join(lines)
+
+
+def scheduler_report(main: dict, scheduled: dict, gain_share: float = 0.75) -> str:
+    """The page's scheduler block: accuracy and speed-up of each ALLOCATOR+SCHEDULER entry against
+    uniform and against its allocator alone (paired by seed with ``main``'s runs), then what the
+    scheduler did per step and the wall time per step."""
+    parts = []
+    for metric, label in METRICS:
+        s = scheduler_summary(main, scheduled, metric, gain_share)
+        parts += [f"#### {label.capitalize()} accuracy with the scheduler", "", scheduler_accuracy_table(s, label), "",
+                  scheduler_target_table(s), ""]
+    parts += ["#### What the scheduler did, and wall time per step", "", scheduler_step_table(scheduled), ""]
+    seeds = sorted({r["seed"] for r in finished_runs(scheduled) if "+" in r["allocator"]})
+    parts.append(f"Mean [95% t interval] over seeds {', '.join(map(str, seeds))}; every Δ and speed-up is paired by "
+                 "seed with the committed runs of the same seed (docs/results/small_model_cpu.json).")
+    return "\n".join(parts)
 
 
 # ── plots ─────────────────────────────────────────────────────────────────────────────

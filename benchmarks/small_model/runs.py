@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -176,8 +176,13 @@ def run_line(run: dict) -> str:
 def merge_results(parts: list[dict]) -> dict:
     """One results dict from runs of the same settings (e.g. seeds run in separate commands)."""
     first = parts[0]
+    # A key a file lacks (written before the setting existed) had the setting's default.
+    default = {name: f.default_factory() if f.default_factory is not MISSING else f.default
+               for name, f in Config.__dataclass_fields__.items()}
     for other in parts[1:]:
-        differ = {k for k in first["config"] if k not in NOT_SETTINGS and first["config"][k] != other["config"].get(k)}
+        keys = set(first["config"]) | set(other["config"])
+        differ = {k for k in keys if k not in NOT_SETTINGS
+                  and first["config"].get(k, default.get(k)) != other["config"].get(k, default.get(k))}
         if differ:
             raise SystemExit(f"cannot merge results of different settings: {sorted(differ)}")
         clash = set(first["runs"]) & set(other["runs"])

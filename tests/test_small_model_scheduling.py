@@ -235,3 +235,32 @@ def test_a_tiny_run_with_cbs_counts_drawn_rollouts_and_records_the_schedulers_fi
         assert 0.0 <= s["scheduler_reuse_share"] <= 0.25 + 1e-9  # cbs's default max_reuse_share
         assert s["scheduler_mean_staleness"] <= 4 and np.isfinite(s["scheduler_bandit_reward"])
         assert {"scheduler_selected_share", "scheduler_seconds", "gain_seconds", "step_seconds"} <= set(s)
+
+
+def _run(name: str, seed: int, x: np.ndarray, y: np.ndarray, **step: float) -> dict:
+    evals = [{"rollouts": float(a), "step": i, "held_out": float(b), "train": float(b)} for i, (a, b) in enumerate(zip(x, y))]
+    steps = [{"zero_variance_share": 0.5, "mixed_rollouts": 1, "drawn": 2, "allocator_seconds": 0.001, **step}]
+    return {"allocator": name, "seed": seed, "evals": evals, "steps": steps, "wall_seconds": 1.0,
+            "optimizer_steps": len(x) - 1}
+
+
+def test_scheduler_entries_are_paired_with_uniform_and_with_their_allocator_alone():
+    from benchmarks.small_model.report import scheduler_report, scheduler_summary
+
+    x = np.linspace(0, 1000, 21)
+    main, scheduled = {"runs": {}}, {"runs": {}}
+    timing = {"step_seconds": 0.5, "draw_seconds": 0.1, "update_seconds": 0.3, "scheduler_seconds": 0.05,
+              "gain_seconds": 0.05, "trained_fresh": 192, "trained_reused": 64, "scheduler_reuse_share": 0.25,
+              "scheduler_mean_staleness": 0.6, "scheduler_selected_share": 0.75, "reused_clipped_token_share": 0.1,
+              "mean_gain": 0.002}
+    for seed in range(4):
+        base = 0.2 + 0.2 * (1 - np.exp(-x / 300)) + 0.005 * seed
+        main["runs"][f"uniform/{seed}"] = _run("uniform", seed, x, base)
+        main["runs"][f"cero/{seed}"] = _run("cero", seed, x, base - 0.01)
+        scheduled["runs"][f"cero+cbs/{seed}"] = _run("cero+cbs", seed, x, base - 0.01 + 0.02 + 0.001 * seed, **timing)
+    row = scheduler_summary(main, scheduled, "train")["entries"]["cero+cbs"]
+    assert row["base"] == "cero" and row["base_pairs"] == 4
+    assert row["final_diff_base"][0] == pytest.approx(0.02 + 0.0015) and row["final_diff"][0] == pytest.approx(0.0115)
+    assert row["final_diff_base"][1] > 0  # every seed is ahead of cero alone: the interval excludes 0
+    text = scheduler_report(main, scheduled)
+    assert "| cero+cbs | 4 |" in text and "| 500 [500, 500] | 100 [100, 100] | 200 [200, 200] | 50.0 [50.0, 50.0]" in text

@@ -4,6 +4,9 @@
     PYTHONPATH=. python -m benchmarks.small_model --smoke --out /tmp/small_model_smoke      # CPU, a minute
     PYTHONPATH=. python -m benchmarks.small_model --report docs/results/small_model_cpu.json [--plot PREFIX]
     PYTHONPATH=. python -m benchmarks.small_model --sweep docs/results/small_model_cpu_lr_sweep.json
+    PYTHONPATH=. python -m benchmarks.small_model --preset cpu --allocators uniform+cbs,cero+cbs --out OUT  # + scheduler
+    PYTHONPATH=. python -m benchmarks.small_model --report docs/results/small_model_cpu.json \
+        --scheduler-results docs/results/small_model_cpu_cbs.json         # the scheduler entries against their pairs
 
 ``benchmarks/small_model_grpo.py`` is the same command line.
 """
@@ -24,7 +27,7 @@ from benchmarks.small_model import config as presets
 from benchmarks.small_model.config import ALL_ALLOCATORS, Config
 from benchmarks.small_model.grpo import write_json
 from benchmarks.small_model.report import (
-    compact, fill_page, markdown_report, page_blocks, plot, settings_table, summarise, sweep_table,
+    compact, fill_page, markdown_report, page_blocks, plot, scheduler_report, settings_table, summarise, sweep_table,
 )
 from benchmarks.small_model.runs import merge_results, run_all
 from benchmarks.small_model.task import rl_datasets
@@ -63,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
                    "rounded columns, to this path (the file committed beside the page)")
     p.add_argument("--update-page", type=Path, help="with --report and --sweep: rewrite the generated blocks of "
                    "this markdown page (docs/benchmarks-small-model.md) instead of printing")
+    p.add_argument("--scheduler-results", type=Path, nargs="+", help="with --report: results files of entries "
+                   "ALLOCATOR+SCHEDULER (e.g. docs/results/small_model_cpu_cbs.json), compared against uniform and "
+                   "their allocator alone in --report's files, paired by seed; with --update-page, the scheduler block")
     p.add_argument("--gain-share", type=float, default=0.75, help="target = start + this share of uniform's gain")
     p.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -83,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.report and args.sweep):
             parser().error("--update-page needs --report and --sweep")
         results = merge_results([json.loads(path.read_text()) for path in args.report])
-        blocks = page_blocks(results, [json.loads(path.read_text()) for path in args.sweep], args.gain_share)
+        scheduled = (merge_results([json.loads(path.read_text()) for path in args.scheduler_results])
+                     if args.scheduler_results else None)
+        blocks = page_blocks(results, [json.loads(path.read_text()) for path in args.sweep], args.gain_share, scheduled)
         args.update_page.write_text(fill_page(args.update_page.read_text(), blocks))
         if args.plot:
             print("\n".join(plot(results, args.plot)))
@@ -104,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown_report(results, gain_share=args.gain_share))
         print()
         print(settings_table(results))
+        if args.scheduler_results:
+            scheduled = merge_results([json.loads(path.read_text()) for path in args.scheduler_results])
+            print()
+            print(scheduler_report(results, scheduled, args.gain_share))
         if args.plot:
             print("\n".join(plot(results, args.plot)), file=sys.stderr)
         return 0

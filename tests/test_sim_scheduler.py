@@ -226,7 +226,8 @@ def test_runner_with_cbs_runs_and_counts_rollouts():
     pytest.importorskip("openrlhf_cero.schedulers.cbs")
     scenario = make_scenario("quick", {**SMALL, "epochs": 2})
     plain = run_allocator(scenario, "uniform", seed=0)
-    record = run_allocator(scenario, "uniform", seed=0, scheduler={"name": "cbs", "buffer_size": 256})
+    cheap = {"train_steps": 2, "hidden": 8}  # the scorer's cost is not what this checks
+    record = run_allocator(scenario, "uniform", seed=0, scheduler={"name": "cbs", "buffer_size": 256, **cheap})
     np.testing.assert_array_equal(record.cum_rollouts, plain.cum_rollouts)
     assert record.cum_rollouts[-1] == record.extra["world_rollouts_drawn"] == scenario.total_rollouts
     assert (record.rollouts_trained[1:] == scenario.step_budget).all()
@@ -234,3 +235,22 @@ def test_runner_with_cbs_runs_and_counts_rollouts():
     for key in ("reuse_share", "mean_staleness", "selected_share", "bandit_reward", "reused"):
         assert metrics[key].size == record.steps
     assert np.isfinite(record.train_pass_rate).all()
+
+
+def test_bench_entries_with_a_scheduler(tmp_path, capsys):
+    pytest.importorskip("openrlhf_cero.schedulers.cbs")
+    from openrlhf_cero.cli import bench
+
+    tiny = '{"dataset_size": 64, "eval_size": 32, "batch_size": 8, "epochs": 2, "clusters": 4}'
+    argv = ["--allocators", "uniform,uniform+cbs", "--quick", "--scenario-overrides", tiny, "--seeds", "1",
+            "--scheduler-options", '{"cbs": {"buffer_size": 64, "train_steps": 1, "hidden": 4}}',
+            "--out", str(tmp_path), "--no-plots", "--no-progress", "--jobs", "1"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| uniform |" in out and "| uniform+cbs |" in out
+    assert bench.split_entry("cero+cbs") == ("cero", "cbs") and bench.split_entry("cero") == ("cero", None)
+    assert bench.main([argv[0], "uniform,uniform+nope", *argv[2:]]) == 2
+    assert "unknown --rollout_scheduler 'nope'" in capsys.readouterr().err
+    bad = ["--scheduler-options", '{"cbs": {"bufer_size": 4}}']
+    assert bench.main([*argv[:7], *bad, *argv[9:]]) == 2
+    assert "bufer_size" in capsys.readouterr().err

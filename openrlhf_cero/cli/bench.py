@@ -7,13 +7,17 @@ Examples::
     python -m openrlhf_cero.cli.bench --scenario deepscaler --scenario-overrides '{"n": 16, "max_samples": 64}'
     python -m openrlhf_cero.cli.bench --allocator-options '{"cero": {"saturation": 16}}'
     python -m openrlhf_cero.cli.bench --write-docs      # regenerates docs/benchmarks.md and docs/figures/
+    python -m openrlhf_cero.cli.bench --allocators uniform,uniform+cbs,cero,cero+cbs \
+        --scheduler-options '{"cbs": {"buffer_size": 256}}'
 
 Allocators come from the registry (``available_allocators()``), so a newly registered
 allocator is benchmarked without changes here. Beside them every table and plot carries
 the baselines a user would otherwise pick (``uniform``, ``dynamic_filtering``,
 ``oversample_even``, ``beta_greedy``: simulator-only entries, :mod:`openrlhf_cero.sim.baselines`)
 and ``oracle``, the simulator's bound; each entry's speed-up is given against uniform and
-against the best baseline. Runs are spread over ``--jobs`` processes (results do not
+against the best baseline. An entry ``ALLOCATOR+SCHEDULER`` (``uniform+cbs``) runs the
+allocator with a rollout scheduler choosing each step's training batch
+(``openrlhf_cero.schedulers``; sim/scheduled.py); no entry has one unless it is named so. Runs are spread over ``--jobs`` processes (results do not
 depend on it: every run is deterministic for its seed).
 """
 
@@ -32,9 +36,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from openrlhf_cero.allocators.base import AllocatorError, RolloutAllocator
 from openrlhf_cero.allocators.registry import allocator_class, available_allocators
+from openrlhf_cero.schedulers.base import SchedulerError
+from openrlhf_cero.schedulers.registry import scheduler_class
 from openrlhf_cero.sim.baselines import BASELINE_NAMES, BASELINES
+from openrlhf_cero.sim.entries import entry_options, parse_scheduler_options, run_entry, split_entry
 from openrlhf_cero.sim.oracle import OracleAllocator
-from openrlhf_cero.sim.runner import ORACLE, RunRecord, run_allocator
+from openrlhf_cero.sim.runner import ORACLE, RunRecord
 from openrlhf_cero.sim.scenario import DEFAULT_SCENARIOS, PRESETS, Scenario, load_overrides, make_scenario
 from openrlhf_cero.sim.summary import BASELINE, best_baseline, equal_rollouts, markdown_table, summarise
 
@@ -50,7 +57,14 @@ def default_allocators() -> list[str]:
 
 
 def entry_class(name: str) -> type[RolloutAllocator]:
-    """The class behind a bench entry: the oracle, a baseline or a registered allocator."""
+    """The class behind a bench entry's allocator: the oracle, a baseline or a registered
+    allocator. An entry's scheduler part must name a registered scheduler."""
+    name, scheduler = split_entry(name)
+    if scheduler is not None:
+        try:
+            scheduler_class(scheduler)
+        except SchedulerError as exc:
+            raise AllocatorError(f"bench entry {name}+{scheduler}: {exc}") from None
     if name == ORACLE:
         return OracleAllocator
     if name in BASELINES:
@@ -76,9 +90,10 @@ def parse_allocators(text: str | None) -> list[str]:
 
 
 def parse_allocator_options(text: str | None, allocators: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Options per entry; a bare allocator name's options also apply to its entries with a scheduler."""
     options = load_overrides(text)
     for name, opts in options.items():
-        if name not in allocators:
+        if name not in allocators and name not in {split_entry(a)[0] for a in allocators}:
             raise AllocatorError(
                 f"--allocator-options has options for {name!r}, which is not benchmarked; --allocators is "
                 f"{','.join(allocators)}"
@@ -111,7 +126,7 @@ def _run_one(task: tuple[Scenario, str, int, Mapping[str, Any] | None]) -> tuple
     scenario, name, seed, options = task
     with quiet_step_loop():
         try:
-            return name, seed, run_allocator(scenario, name, seed, options)
+            return name, seed, run_entry(scenario, name, seed, options)
         except AllocatorError as exc:
             return name, seed, str(exc)
 
@@ -141,7 +156,7 @@ def run_tasks(tasks: Sequence[Task], jobs: int = 1, progress: bool = True, desc:
                         results[(sc.name, name, seed)] = "skipped after a failure"
                     else:
                         try:
-                            results[(sc.name, name, seed)] = run_allocator(sc, name, seed, options, on_step=bar.update)
+                            results[(sc.name, name, seed)] = run_entry(sc, name, seed, options, on_step=bar.update)
                         except AllocatorError as exc:
                             results[(sc.name, name, seed)] = str(exc)
                     bar.update(max(0, sc.total_rollouts - (bar.n - before)))
@@ -177,10 +192,14 @@ def run_benchmark(
     allocator_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
     jobs: int = 1,
+    scheduler_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, list[RunRecord]], dict[str, str]]:
-    """Every allocator on every seed, over ``jobs`` processes; returns the records and, per
-    allocator that failed, why (its first failing seed's message)."""
-    tasks = [(scenario, name, seed, (allocator_options or {}).get(name)) for name in allocators for seed in seeds]
+    """Every entry on every seed, over ``jobs`` processes; returns the records and, per
+    entry that failed, why (its first failing seed's message)."""
+    tasks = [
+        (scenario, name, seed, entry_options(name, allocator_options or {}, scheduler_options or {}))
+        for name in allocators for seed in seeds
+    ]
     results = run_tasks(tasks, jobs, progress, scenario.name)
     return collect(scenario, allocators, seeds, results)
 
@@ -273,7 +292,7 @@ def write_docs(
     # One pool for every scenario's runs, so that no process waits at a scenario's end; the
     # last scenario first, so its (often slowest) runs do not make the tail.
     tasks = [
-        (scenario, name, seed, options.get(name)) for scenario in reversed(scenarios) for name in allocators
+        (scenario, name, seed, entry_options(name, options, {})) for scenario in reversed(scenarios) for name in allocators
         for seed in seeds
     ]
     all_results = run_tasks(tasks, jobs, progress, "write-docs")
@@ -357,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="deepscaler", help=f"preset: {', '.join(PRESETS)}")
     p.add_argument("--scenario-overrides", help="JSON/YAML mapping (inline or a file) of scenario keys")
     p.add_argument("--allocator-options", help='JSON/YAML mapping {"allocator": {"option": value}} (inline or file)')
+    p.add_argument(
+        "--scheduler-options",
+        help='JSON/YAML mapping {"scheduler": {"setting": value}} for entries ALLOCATOR+SCHEDULER, e.g. '
+        '{"cbs": {"buffer_size": 256}}',
+    )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (runs per allocator)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help=f"scenario 'quick' and {QUICK_SEEDS} seeds: for CI, < 10 s")
@@ -377,12 +401,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AllocatorError(f"--jobs must be >= 1, got {args.jobs}")
         allocators = parse_allocators(args.allocators)
         options = parse_allocator_options(args.allocator_options, allocators)
+        schedulers = parse_scheduler_options(args.scheduler_options, allocators)
         seeds = list(range(args.first_seed, args.first_seed + (min(args.seeds, QUICK_SEEDS) if args.quick else args.seeds)))
         if args.write_docs:
             print(f"wrote {write_docs(seeds, allocators, options, not args.no_progress, args.jobs)}")
             return 0
         scenario = make_scenario("quick" if args.quick else args.scenario, load_overrides(args.scenario_overrides))
-        records, failures = run_benchmark(scenario, allocators, seeds, options, not args.no_progress, args.jobs)
+        records, failures = run_benchmark(scenario, allocators, seeds, options, not args.no_progress, args.jobs, schedulers)
     except AllocatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from openrlhf_cero.allocators.ids import prompt_id
 from openrlhf_cero.openrlhf.scheduling import (
     ScheduledTraining,
     batch_items,
+    forward_partitions,
     rollout_gains,
     rollout_table,
     split_items,
@@ -231,3 +232,98 @@ def test_rollout_gains_are_advantage_times_mean_log_prob_change():
     after = [torch.tensor([-0.5, -1.0, 9.0, 7.0])]  # wider (padded) forward output
     gains = rollout_gains(np.array([2.0]), before, after, [mask])
     assert gains.tolist() == [pytest.approx(2.0 * (0.5 + 1.0) / 2)]
+
+
+def test_cbs_through_the_plumbing_reuses_within_the_staleness_limit_and_resumes():
+    """The real CBS scheduler on real Experience objects: the batch size holds, reused
+    rollouts are buffered payloads no older than max_staleness, feedback is taken, and a
+    state saved after step 3 (torch.save round trip) plans steps 4-6 identically."""
+    from openrlhf_cero.schedulers import create_scheduler
+
+    def make() -> ScheduledTraining:
+        cbs = create_scheduler("cbs", seed=3, warmup_steps=1, max_reuse_share=0.5, max_staleness=2, buffer_size=8)
+        return ScheduledTraining(cbs, micro_batch_size=4)
+
+    def step(training: ScheduledTraining, number: int) -> list[torch.Tensor]:
+        plan = training.plan(*micro_batches(step=number))
+        assert len(plan.trained) == 8 and len(training.payloads) <= 8
+        drawn_at = plan.trained_ids[plan.reused] // 8 + 1  # ids are counted 8 a step from step 1
+        assert all(1 <= number - drawn_at) and all(number - drawn_at <= 2), (number, drawn_at)
+        reused_ids.extend(plan.trained_ids[plan.reused].tolist())
+        gains = rollout_gains(
+            np.ones(len(plan.trained)), [i.action_log_probs for i in plan.trained],
+            [i.action_log_probs + 0.01 * (k % 3) for k, i in enumerate(plan.trained)],
+            [i.action_mask for i in plan.trained],
+        )
+        training.scheduler.feedback(plan.trained_ids, gains)
+        return [torch.tensor(plan.trained_ids)] + [b.sequences for b in plan.batches]
+
+    reused_ids: list[int] = []
+    uninterrupted = make()
+    for number in range(1, 4):
+        step(uninterrupted, number)
+    saved = _roundtrip(uninterrupted.state_dict())
+    later = [step(uninterrupted, number) for number in range(4, 7)]
+    assert reused_ids, "CBS never reused a buffered rollout"
+    assert set(uninterrupted.scheduler.metrics()) >= {"reuse_share", "mean_staleness", "selected_share", "bandit_reward"}
+
+    resumed = make()
+    resumed.load_state_dict(saved)
+    again = [step(resumed, number) for number in range(4, 7)]
+    for a, b in zip(later, again):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_forward_partitions_cover_every_rollout_and_every_rank():
+    from types import SimpleNamespace
+
+    items = split_items(micro_batches(step=1)[0])
+    args = SimpleNamespace(train=SimpleNamespace(dynamic_batch_enable=False), rollout=SimpleNamespace(micro_batch_size=3))
+    assert forward_partitions(items, args, ranks=1) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert forward_partitions(items[:1], args, ranks=2) == [[0], [0]]  # one rollout, two ranks
+    dynamic = SimpleNamespace(
+        train=SimpleNamespace(dynamic_batch_enable=True),
+        rollout=SimpleNamespace(micro_batch_size=3, max_tokens_per_gpu=16),
+        ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1),
+    )
+    parts = forward_partitions(items, dynamic, ranks=2)
+    assert sorted(row for part in parts for row in part) == list(range(8)) and len(parts) % 2 == 0
+    assert all(sum(int(items[r].total_length) for r in part) <= 16 for part in parts)
+
+
+def test_openrlhf_balances_the_scheduled_batches_for_dynamic_batching():
+    """With --train.dynamic_batch_enable OpenRLHF's train_step re-balances the step's
+    batches across ranks (balance_experiences): the scheduled batches must go through it."""
+    from types import SimpleNamespace
+
+    from openrlhf.trainer.ppo_utils.experience import balance_experiences
+
+    training = ScheduledTraining(ReplayTestScheduler(keep=2), micro_batch_size=4)
+    training.plan(*micro_batches(step=1))
+    plan = training.plan(*micro_batches(step=2))
+    args = SimpleNamespace(
+        actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=2), ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1)
+    )
+    balanced = balance_experiences(plan.batches, args)
+    assert sum(len(b.sequences) for b in balanced) == 8
+    assert sorted(float(x) for b in balanced for x in b.rewards) == sorted(float(i.rewards) for i in plan.trained)
+
+
+def test_metrics_doc_lists_exactly_the_scheduler_metrics():
+    """docs/metrics.md lists every ``scheduler/`` figure the trainer logs, and nothing else."""
+    import re
+    from pathlib import Path
+
+    from openrlhf_cero.schedulers import available_schedulers, create_scheduler
+
+    emitted: set[str] = set()
+    for name in available_schedulers():
+        training = ScheduledTraining(create_scheduler(name, seed=0, warmup_steps=1), micro_batch_size=4)
+        for number in range(1, 4):
+            plan = training.plan(*micro_batches(step=number))
+            training.scheduler.feedback(plan.trained_ids, np.linspace(-1, 1, len(plan.trained_ids)))
+            emitted |= set(training.scheduler.metrics())
+    text = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`scheduler/([a-z0-9_]+)`", text))
+    assert emitted - documented == set(), "emitted but not documented"
+    assert documented - emitted == set(), "documented but never emitted"

@@ -74,10 +74,12 @@ def trainer_parser() -> argparse.ArgumentParser:
 
     cpu.install()  # OpenRLHF imports vllm at module level; on a CUDA machine this does nothing
     from openrlhf_cero.openrlhf.flags import add_allocator_arguments
+    from openrlhf_cero.openrlhf.scheduler_flags import add_scheduler_arguments
     from openrlhf_cero.openrlhf.stock_main import run_stock_main
 
     def capture(parser: argparse.ArgumentParser) -> None:
         add_allocator_arguments(parser)
+        add_scheduler_arguments(parser)
         raise _ParserCaptured(parser)
 
     try:
@@ -89,10 +91,29 @@ def trainer_parser() -> argparse.ArgumentParser:
 
 def our_flag_names() -> set[str]:
     from openrlhf_cero.openrlhf.flags import add_allocator_arguments
+    from openrlhf_cero.openrlhf.scheduler_flags import add_scheduler_arguments
 
     parser = argparse.ArgumentParser(add_help=False)
     add_allocator_arguments(parser)
+    add_scheduler_arguments(parser)
     return {option for action in parser._actions for option in action.option_strings}
+
+
+SCHEDULING_INTRO = """\
+`--rollout_scheduler NAME` (alias `--rollout.scheduler`) chooses each step's training
+rollouts from the fresh ones and a buffer of earlier ones ([cbs.md](cbs.md)); it combines
+with every allocator. Refused at launch, each naming the flag: an unknown name; a
+`--scheduler.*` flag with `--rollout_scheduler none`, or another scheduler's option;
+`--scheduler.cbs.buffer_size` < 1 or `--scheduler.cbs.max_staleness` < 1; rewards that
+come only from a reward model (the scheduler needs `--reward.remote_url` or
+`--train.agent_func_path`); `--algo.advantage.estimator gae`;
+`--algo.kl.target` with the KL in the reward (without `--algo.kl.use_loss`); an OpenRLHF
+with patches/ applied or `OPENRLHF_CERO_RUNTIME_HOOKS=0` (the scheduler lives in the
+plugin's runtime hooks)."""
+
+
+def _is_scheduling(action: argparse.Action) -> bool:
+    return action.option_strings[0] == "--rollout.scheduler" or action.option_strings[0].startswith("--scheduler.")
 
 
 def _cell(text: object) -> str:
@@ -155,7 +176,8 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     parser = parser or trainer_parser()
     ours = our_flag_names()
     actions = _documented(parser)
-    own = [a for a in actions if a.option_strings[0] in ours]
+    own = [a for a in actions if a.option_strings[0] in ours and not _is_scheduling(a)]
+    scheduling = [a for a in actions if a.option_strings[0] in ours and _is_scheduling(a)]
     stock = [a for a in actions if a.option_strings[0] not in ours]
 
     out = [HEADER, "## Rollout allocation (openrlhf-cero)", "", "### Common", ""]
@@ -166,6 +188,14 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
         prefix = f"--allocator.{name}."
         mine = [a for a in own if a.option_strings[0].startswith(prefix)]
         out += ["", f"### `{name}` (`--rollout_allocator {name}`)", ""]
+        out += _rows(mine)
+        out[-len(mine) :] = [row.replace(f"| [{name}] ", "| ", 1) for row in out[-len(mine) :]]
+
+    out += ["", "## Rollout scheduling (openrlhf-cero)", "", SCHEDULING_INTRO, "", "### Common", ""]
+    out += _rows([a for a in scheduling if a.option_strings[0].count(".") == 1])
+    for name in sorted({a.option_strings[0].split(".")[1] for a in scheduling if a.option_strings[0].count(".") >= 2}):
+        mine = [a for a in scheduling if a.option_strings[0].startswith(f"--scheduler.{name}.")]
+        out += ["", f"### `{name}` (`--rollout_scheduler {name}`)", ""]
         out += _rows(mine)
         out[-len(mine) :] = [row.replace(f"| [{name}] ", "| ", 1) for row in out[-len(mine) :]]
 

@@ -138,11 +138,6 @@ def check_scheduler_launch(args: SimpleNamespace) -> RolloutScheduler | None:
             f"only right without a critic; --algo.advantage.estimator {estimator} is not supported: use one of "
             f"{', '.join(_SUPPORTED_ESTIMATORS)}, or --rollout_scheduler none"
         )
-    if args.train.dynamic_batch_enable:
-        raise SchedulerError(
-            f"--rollout_scheduler {name} does not support --train.dynamic_batch_enable (its token-balanced "
-            "micro-batches are formed before the scheduler chooses the step's rollouts); drop one of the two"
-        )
     if getattr(args.algo.kl, "target", None) and not args.algo.kl.use_loss:
         raise SchedulerError(
             f"--rollout_scheduler {name} with --algo.kl.target (adaptive KL) and the KL in the reward: a reused "

@@ -29,6 +29,8 @@ from openrlhf.trainer.ppo_utils.experience import (
     split_experience_batch,
 )
 
+from openrlhf.utils.seqlen_balancing import get_minimum_num_micro_batch_size, get_seqlen_balanced_partitions
+
 from openrlhf_cero.allocators.ids import prompt_id
 from openrlhf_cero.schedulers import RolloutScheduler, RolloutTable, SchedulerError, Selection
 
@@ -118,6 +120,32 @@ def _with_info(item: Experience, keys: set[str]) -> Experience:
     copy = Experience(**{f.name: getattr(item, f.name) for f in fields(Experience)})
     copy.info = {key: value for key, value in item.info.items() if key in keys}
     return copy
+
+
+def forward_partitions(items: Sequence[Experience], args: Any, ranks: int) -> list[list[int]]:
+    """Rows of ``items`` per forward batch, batched as OpenRLHF's ``split_rollout_samples``
+    batches a step for the experience maker's forward: token-balanced under
+    ``--rollout.max_tokens_per_gpu`` with ``--train.dynamic_batch_enable``, else chunks of
+    ``--rollout.micro_batch_size``; at least one batch per data-parallel rank (``ranks``),
+    since OpenRLHF's ``async_run_method_batch`` refuses fewer. A rank's batch may repeat
+    the last row when there are fewer rollouts than ranks (the caller drops the copies)."""
+    rows = list(range(len(items)))
+    if not rows:
+        return []
+    if args.train.dynamic_batch_enable:
+        lengths = [int(item.total_length) for item in items]
+        minimum = get_minimum_num_micro_batch_size(
+            lengths, args.rollout.max_tokens_per_gpu, args.ds.ring_attn_size, args.ds.tensor_parallel_size
+        )
+        count = max(minimum // ranks * ranks, ranks)
+        if len(rows) < count:
+            return [[row] for row in rows] + [[rows[-1]]] * (count - len(rows))
+        return [sorted(part) for part in get_seqlen_balanced_partitions(lengths, count, False)]
+    count = max(ranks, -(-len(rows) // int(args.rollout.micro_batch_size)))
+    if len(rows) < count:
+        return [[row] for row in rows] + [[rows[-1]]] * (count - len(rows))
+    size = -(-len(rows) // count)
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
 def item_state(item: Experience) -> dict[str, Any]:

@@ -20,7 +20,6 @@ experiences, which only exist there.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ from openrlhf_cero.openrlhf.scheduling import (
     ScheduledTraining,
     StepPlan,
     batch_items,
+    forward_partitions,
     rollout_advantage,
     rollout_gains,
 )
@@ -75,10 +75,8 @@ class SchedulingExperienceMaker(VariableGroupExperienceMaker):
         args = self.strategy.args
         duplicate = args.ds.ring_attn_size * args.ds.tensor_parallel_size
         ranks = max(1, len(getattr(self.actor_model_group, "_actor_handlers", [None])) // duplicate)
-        chunks = max(ranks, math.ceil(len(items) / self.scheduling.micro_batch_size))
-        padded = list(items) + [items[-1]] * max(0, chunks - len(items))  # every rank needs a batch
-        size = math.ceil(len(padded) / chunks)
-        batches = batch_items(padded, size)
+        partitions = forward_partitions(items, args, ranks)
+        batches = [batch_items([items[row] for row in part], len(part))[0] for part in partitions]
         refs = self._dispatch_forward(
             self.actor_model_group,
             args.train.colocate_all or args.train.colocate_actor_ref,
@@ -86,8 +84,11 @@ class SchedulingExperienceMaker(VariableGroupExperienceMaker):
             action_mask=[b.action_mask for b in batches],
             attention_mask=[b.attention_mask for b in batches],
         )
-        rows = [row for out in self._flatten_results(refs, duplicate) for row in out]
-        return rows[: len(items)]
+        found: dict[int, torch.Tensor] = {}
+        for part, out in zip(partitions, self._flatten_results(refs, duplicate)):
+            for row, log_probs in zip(part, out):
+                found.setdefault(row, log_probs)
+        return [found[row] for row in range(len(items))]
 
     def report_gains(self) -> None:
         """After the update: each trained rollout's gain to the scheduler (``feedback``)."""
@@ -130,7 +131,6 @@ class SchedulesRollouts:
         if maker is not None:
             figures = maker.scheduling.scheduler.metrics()
             status.update({f"scheduler/{key}": float(value) for key, value in figures.items()})
-            status["scheduler/buffered_rollouts"] = float(len(maker.scheduling.payloads))
         return status, global_step
 
     def _compute_rollout_stats(self, experiences) -> Dict:

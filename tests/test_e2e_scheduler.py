@@ -61,7 +61,7 @@ def test_cbs_with_cero_trains_and_resumes(assets, tmp_path, mode):
     saved = saved_states(tmp_path / "first" / "ckpt", 2)
     scheduler = saved["rollout_scheduler"]
     assert scheduler["scheduler"] == "cbs" and scheduler["state"]["steps"] == 2
-    assert set(scheduler["payloads"]) == {int(i) for i in scheduler["state"]["buffer"]["ids"]}
+    assert set(scheduler["payloads"]) == {int(i) for i in scheduler["state"]["buffer"]["id"]}
     assert scheduler["payloads"], "the step-2 checkpoint holds no buffered rollout"
     assert "rollout_allocator" in saved["data_loader_state_dict"]
 

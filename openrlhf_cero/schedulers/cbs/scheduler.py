@@ -129,7 +129,13 @@ class ContextualBanditScheduler(RolloutScheduler):
             self.length_mean = now if step == 0 or self.length_mean <= 0 else (
                 _LENGTH_DECAY * self.length_mean + (1 - _LENGTH_DECAY) * now)
         pool = concat_records(records, self.buffer.records)  # fresh rows first
-        post_mean, post_var = self.posterior.posterior(pool["prompt_id"])
+        # One lookup per fresh group (its rows share the prompt), one per buffered rollout.
+        starts = np.flatnonzero(np.r_[True, np.diff(records["group_uid"]) != 0]) if n else np.zeros(0, np.int64)
+        looked = np.concatenate([records["prompt_id"][starts], self.buffer.records["prompt_id"]])
+        mean_at, var_at = self.posterior.posterior(looked)
+        row_of = np.concatenate([np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n])),
+                                 starts.size + np.arange(len(self.buffer))]).astype(np.int64)
+        post_mean, post_var = mean_at[row_of], var_at[row_of]
         x = context_matrix(pool, step, self.length_mean, post_mean, post_var)
         age = step - pool["step_drawn"]
         weight = reliability(pool["advantage"], pool["adv_noise"], self.noise_z)
@@ -148,7 +154,7 @@ class ContextualBanditScheduler(RolloutScheduler):
             eligible = eligible_rows(n, score, cap)
             chosen = top_k(score, eligible, train_size)
             if self.sign_balance and chosen.any():
-                group = np.unique(pool["group_uid"], return_inverse=True)[1].reshape(-1)
+                group = pool["group_uid"] - pool["group_uid"].min()  # spans max_staleness + 1 steps
                 chosen, swaps = balance_signs(chosen, eligible, score, group, pool["advantage"])
         train_fresh = np.flatnonzero(chosen[:n])
         reused_rows = n + np.flatnonzero(chosen[n:])
@@ -157,7 +163,10 @@ class ContextualBanditScheduler(RolloutScheduler):
         order = np.argsort(pool["id"][trained_rows], kind="stable")
         self._pending_ids = pool["id"][trained_rows][order]
         self._pending_x = x[trained_rows][order]
-        self.buffer.refill(pool, pool["advantage"] != 0, score, step)
+        # A caller that never reports gains gets the identity forever: then keep nothing (its
+        # payloads would be held for no use) once a step has passed without any feedback.
+        keeping = self.scorer.trained or step == 0
+        self.buffer.refill(pool, (pool["advantage"] != 0) & keeping, score, step)
         selection = Selection(
             fresh_ids=records["id"],
             train_fresh=train_fresh.astype(np.int64),
@@ -167,7 +176,7 @@ class ContextualBanditScheduler(RolloutScheduler):
         )
         self.steps += 1
         self.next_id += n
-        self.next_group_uid += int(np.unique(records["group_uid"]).size)
+        self.next_group_uid += int(records["group_uid"][-1]) + 1 - self.next_group_uid if n else 0
         return selection
 
     def _step_figures(self, n: int, trained: np.ndarray, reused: np.ndarray, age: np.ndarray, width: np.ndarray,

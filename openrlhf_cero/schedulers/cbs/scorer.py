@@ -3,7 +3,7 @@
 This is Neural-LinUCB's "shallow exploration" (Xu, Wen, Zhao and Gu, ICLR 2022,
 "Neural Contextual Bandits with Deep Representation and Shallow Exploration"):
 
-* a small MLP (two ``hidden``-wide tanh layers and a linear head) is trained online, by
+* a small MLP (two ``hidden``-wide ReLU layers and a linear head) is trained online, by
   a few Adam steps after each feedback, to predict the (normalised) gain from the
   standardised context, on a bounded replay of the (context, gain) pairs seen;
 * its last hidden layer phi(x) (plus a constant) is the representation of an arm; on it
@@ -49,7 +49,7 @@ class NeuralUCBScorer:
         self.replay_size, self.batch_size, self.train_steps = int(replay_size), int(batch_size), int(train_steps)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.body = torch.nn.Sequential(
-            torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh()
+            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU()
         )
         self.head = torch.nn.Linear(hidden, 1)
         with torch.no_grad():  # torch's default init draws from the global RNG; ours from the generator
@@ -68,6 +68,7 @@ class NeuralUCBScorer:
         self.a_inv = np.eye(width) / self.ridge
         self.theta = np.zeros(width)
         self.last_loss = float("nan")
+        self._refresh_fast_path()
 
     @property
     def trained(self) -> bool:
@@ -77,19 +78,24 @@ class NeuralUCBScorer:
         size = min(self.replay_count, self.replay_size)
         return self.replay_x[:size], self.replay_g[:size]
 
-    def _features(self, x: np.ndarray) -> np.ndarray:
-        """phi(x) with a constant appended, float64, for standardised-by-replay raw context x."""
-        z = ((x - self.x_mean) / self.x_scale).astype(np.float32)
-        with torch.no_grad():
-            phi = self.body(torch.from_numpy(z)).numpy()
-        return np.concatenate([phi.astype(np.float64), np.ones((phi.shape[0], 1))], axis=1)
+    def _refresh_fast_path(self) -> None:
+        """float32 torch copies of what ``ucb`` reads, split so the appended constant of phi
+        costs no concatenation: phi^T A^-1 phi = h^T P h + 2 h^T p + p0 for phi = (h, 1)."""
+        as32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+        self._mean32, self._inv_scale32 = as32(self.x_mean), as32(1.0 / self.x_scale)
+        self._theta_h, self._theta_0 = as32(self.theta[:-1]), float(self.theta[-1])
+        self._p_hh, self._p_h1, self._p_11 = as32(self.a_inv[:-1, :-1]), as32(self.a_inv[:-1, -1]), float(
+            self.a_inv[-1, -1])
 
     def ucb(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean estimate and confidence width per row, in units of the replay's gain RMS."""
-        phi = self._features(x)
-        mean = phi @ self.theta
-        width = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", phi, self.a_inv, phi, optimize=True), 0.0))
-        return mean, width
+        """Mean estimate and confidence width per row, in units of the replay's gain RMS
+        (float32 torch throughout: this is the select hot path)."""
+        with torch.no_grad():
+            h = self.body((torch.from_numpy(x) - self._mean32) * self._inv_scale32)
+            mean = h @ self._theta_h + self._theta_0
+            quad = ((h @ self._p_hh) * h).sum(dim=1) + 2.0 * (h @ self._p_h1) + self._p_11
+            width = quad.clamp_min_(0.0).sqrt_()
+        return mean.numpy().astype(np.float64), width.numpy().astype(np.float64)
 
     def observe(self, x: np.ndarray, gains: np.ndarray) -> None:
         """Add (context, gain) pairs, refresh the standardisation, train, refit the ridge head."""
@@ -108,14 +114,22 @@ class NeuralUCBScorer:
         self.x_scale = np.where(std > 1e-6, std, 1.0)  # constant columns (e.g. never reused yet) pass as is
         rms = float(np.sqrt(np.mean(rg * rg)))
         self.gain_scale = rms if rms > 0 else 1.0
-        self._train(rx, rg / self.gain_scale)
-        phi = self._features(rx)
-        a = phi.T @ phi + self.ridge * np.eye(phi.shape[1])
-        self.a_inv = np.linalg.inv(a)
-        self.theta = self.a_inv @ (phi.T @ (rg / self.gain_scale))
+        self._refresh_fast_path()
+        target = rg / self.gain_scale
+        self._train(target)
+        with torch.no_grad():  # ridge head on the trained features; torch, like the forward pass
+            h = self.body((torch.from_numpy(rx) - self._mean32) * self._inv_scale32).double()
+            phi = torch.cat([h, torch.ones(h.shape[0], 1, dtype=torch.float64)], dim=1)
+            gram = (phi.T @ phi).numpy() + self.ridge * np.eye(phi.shape[1])
+            moment = (phi.T @ torch.from_numpy(target)).numpy()
+        self.a_inv = np.linalg.inv(gram)
+        self.a_inv = 0.5 * (self.a_inv + self.a_inv.T)  # exactly symmetric, so the width is a norm
+        self.theta = self.a_inv @ moment
+        self._refresh_fast_path()
 
-    def _train(self, rx: np.ndarray, target: np.ndarray) -> None:
-        z = torch.from_numpy(((rx - self.x_mean) / self.x_scale).astype(np.float32))
+    def _train(self, target: np.ndarray) -> None:
+        rx, _ = self._replay()
+        z = (torch.from_numpy(rx) - self._mean32) * self._inv_scale32
         y = torch.from_numpy(target.astype(np.float32))
         batch = min(self.batch_size, len(y))
         for _ in range(self.train_steps):
@@ -162,3 +176,4 @@ class NeuralUCBScorer:
         self.a_inv = np.asarray(state["a_inv"], dtype=np.float64)
         self.theta = np.asarray(state["theta"], dtype=np.float64)
         self.last_loss = float(state["last_loss"])
+        self._refresh_fast_path()

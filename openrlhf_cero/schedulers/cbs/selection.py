@@ -11,8 +11,15 @@ import numpy as np
 
 
 def _best_first(score: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``rows`` ordered by score, highest first, ties by row."""
-    return rows[np.lexsort((rows, -score[rows]))]
+    """``rows`` ordered by score, highest first, ties by position in ``rows`` (stable sort)."""
+    return rows[np.argsort(-score[rows], kind="stable")]
+
+
+def _best_k(score: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best of ``rows`` (0 < k < len(rows)), in no particular order: a partition,
+    O(n), not a sort. Among equal scores at the boundary the choice is still a pure
+    function of the input, so selections stay reproducible."""
+    return rows[np.argpartition(-score[rows], k - 1)[:k]]
 
 
 def eligible_rows(n_fresh: int, score: np.ndarray, reuse_cap: int) -> np.ndarray:
@@ -23,7 +30,7 @@ def eligible_rows(n_fresh: int, score: np.ndarray, reuse_cap: int) -> np.ndarray
     if reuse_cap >= buffered.size:
         eligible[n_fresh:] = True
     elif reuse_cap > 0:
-        eligible[_best_first(score, buffered)[:reuse_cap]] = True
+        eligible[_best_k(score, buffered, reuse_cap)] = True
     return eligible
 
 
@@ -34,7 +41,7 @@ def top_k(score: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
     if k >= rows.size:
         chosen[rows] = True
     elif k > 0:
-        chosen[_best_first(score, rows)[:k]] = True
+        chosen[_best_k(score, rows, k)] = True
     return chosen
 
 
@@ -74,15 +81,15 @@ def balance_signs(
     wanted = np.flatnonzero(open_ & ((neg & need_neg[group]) | (pos & need_pos[group])))
     if not wanted.size:
         return chosen, 0
-    ordered = wanted[np.lexsort((wanted, -score[wanted], group[wanted]))]
+    ordered = wanted[np.lexsort((-score[wanted], group[wanted]))]  # stable: ties by row
     add = _best_first(score, _first_per_key(ordered, group))
     signed = np.flatnonzero(chosen & (sign != 0))
     key = group * 2 + pos
-    anchors = _first_per_key(signed[np.lexsort((signed, -score[signed], key[signed]))], key)
+    anchors = _first_per_key(signed[np.lexsort((-score[signed], key[signed]))], key)
     removable = chosen.copy()
     removable[anchors] = False
     spare = np.flatnonzero(removable)
-    spare = spare[np.lexsort((-spare, score[spare]))]  # lowest score first
+    spare = spare[np.argsort(score[spare], kind="stable")]  # lowest score first
     swaps = min(add.size, spare.size)
     out = chosen.copy()
     out[add[:swaps]] = True

@@ -76,11 +76,23 @@ def test_cbs_with_cero_trains_and_resumes(assets, tmp_path, mode):
             assert resumed[name] == {s: first[name][s] for s in (3, 4)}, name
 
 
-@pytest.mark.parametrize("allocator", ["uniform", "vip", "pilot_commit"])
-def test_cbs_combines_with_every_allocator(assets, tmp_path, allocator):
-    """Each other allocator with the scheduler, 3 steps: OpenRLHF's batch holds, the
-    figures of both are logged, and the scheduler reuses after its warm-up step."""
-    logged = e2e.train(assets, tmp_path, "--rollout_allocator", allocator, *SCHEDULER,
-                       **{"data.max_samples": 12})
-    assert_scheduler_trained(logged, [1, 2, 3])
-    assert sorted(logged["allocator/rollouts_drawn"]) == [1, 2, 3]
+@pytest.mark.parametrize(
+    "allocator, data",
+    [
+        ("uniform", {"data.max_samples": 12}),
+        ("vip", {"data.max_samples": 12}),
+        # Pilot-Commit pilots more prompts than it trains: more data, two epochs.
+        ("pilot_commit", {"data.max_samples": 16, "train.num_episodes": 2}),
+    ],
+)
+def test_cbs_combines_with_every_allocator(assets, tmp_path, allocator, data):
+    """Each other allocator with the scheduler: every step trains what the allocator
+    drew for it (OpenRLHF's batch holds), the figures of both are logged, and the
+    scheduler reuses after its warm-up step."""
+    logged = e2e.train(assets, tmp_path, "--rollout_allocator", allocator, *SCHEDULER, **data)
+    steps = sorted(logged["rollout/num_samples"])
+    assert len(steps) >= 3
+    assert logged["rollout/num_samples"] == logged["allocator/rollouts_trained"]
+    for name in METRICS:
+        assert sorted(logged[name]) == steps, name
+    assert max(logged["scheduler/reuse_share"].values()) > 0.0, "no step reused a buffered rollout"

@@ -324,7 +324,8 @@ def test_the_page_shows_the_tables_that_the_report_prints_from_the_committed_res
     sweep = [json.loads(p.read_text()) for p in sorted((ROOT / "docs" / "results").glob("small_model_cpu_lr_*.json"))]
     scheduled_path = ROOT / "docs" / "results" / "small_model_cpu_cbs.json"  # the scheduler entries, once run
     scheduled = json.loads(scheduled_path.read_text()) if scheduled_path.exists() else None
-    blocks = g.page_blocks(results, sweep, scheduled=scheduled)
+    buffers = [json.loads(p.read_text()) for p in sorted((ROOT / "docs" / "results").glob("small_model_cpu_cbs_buffer_*.json"))]
+    blocks = g.page_blocks(results, sweep, scheduled=scheduled, buffer_sweep=buffers if scheduled else ())
     assert scheduled is None or "scheduler" in blocks
     for name, text in blocks.items():
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -27,7 +27,8 @@ from benchmarks.small_model import config as presets
 from benchmarks.small_model.config import ALL_ALLOCATORS, Config
 from benchmarks.small_model.grpo import write_json
 from benchmarks.small_model.report import (
-    compact, fill_page, markdown_report, page_blocks, plot, scheduler_report, settings_table, summarise, sweep_table,
+    buffer_sweep_table, compact, fill_page, markdown_report, page_blocks, plot, scheduler_report, settings_table,
+    summarise, sweep_table,
 )
 from benchmarks.small_model.runs import merge_results, run_all
 from benchmarks.small_model.task import rl_datasets
@@ -69,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler-results", type=Path, nargs="+", help="with --report: results files of entries "
                    "ALLOCATOR+SCHEDULER (e.g. docs/results/small_model_cpu_cbs.json), compared against uniform and "
                    "their allocator alone in --report's files, paired by seed; with --update-page, the scheduler block")
+    p.add_argument("--buffer-sweep", type=Path, nargs="+", help="with --report and --scheduler-results: results "
+                   "files of uniform+cbs at one scheduler buffer_size each; the buffer-size table (with the "
+                   "--scheduler-results' size as a row, paired with --report's uniform); with --update-page, its block")
     p.add_argument("--gain-share", type=float, default=0.75, help="target = start + this share of uniform's gain")
     p.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -91,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = merge_results([json.loads(path.read_text()) for path in args.report])
         scheduled = (merge_results([json.loads(path.read_text()) for path in args.scheduler_results])
                      if args.scheduler_results else None)
-        blocks = page_blocks(results, [json.loads(path.read_text()) for path in args.sweep], args.gain_share, scheduled)
+        blocks = page_blocks(results, [json.loads(path.read_text()) for path in args.sweep], args.gain_share, scheduled,
+                             [json.loads(path.read_text()) for path in args.buffer_sweep or ()])
         args.update_page.write_text(fill_page(args.update_page.read_text(), blocks))
         if args.plot:
             print("\n".join(plot(results, args.plot)))
@@ -112,10 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(markdown_report(results, gain_share=args.gain_share))
         print()
         print(settings_table(results))
+        scheduled = None
         if args.scheduler_results:
             scheduled = merge_results([json.loads(path.read_text()) for path in args.scheduler_results])
             print()
             print(scheduler_report(results, scheduled, args.gain_share))
+        if args.buffer_sweep:
+            files = [json.loads(path.read_text()) for path in args.buffer_sweep] + ([scheduled] if scheduled else [])
+            print()
+            print(buffer_sweep_table(results, files))
         if args.plot:
             print("\n".join(plot(results, args.plot)), file=sys.stderr)
         return 0

@@ -344,15 +344,19 @@ def settings_table(results: dict) -> str:
 
 
 def page_blocks(
-    results: dict, sweep: Sequence[dict], gain_share: float = 0.75, scheduled: dict | None = None
+    results: dict, sweep: Sequence[dict], gain_share: float = 0.75, scheduled: dict | None = None,
+    buffer_sweep: Sequence[dict] = (),
 ) -> dict[str, str]:
     """The generated blocks of docs/benchmarks-small-model.md, by marker name; ``scheduled``, the
-    results of the scheduler entries, adds the block that compares them."""
+    results of the scheduler entries, adds the block that compares them, and ``buffer_sweep``
+    (uniform+cbs at other buffer sizes) the buffer-size table, which also reads ``scheduled``."""
     at = min(r["evals"][-1]["rollouts"] for r in finished_runs(results))
     blocks = {"report": markdown_report(results, gain_share), "settings": settings_table(results),
               "sweep": sweep_table(sweep, at), "warmup": warmup_table(results)}
     if scheduled is not None:
         blocks["scheduler"] = scheduler_report(results, scheduled, gain_share)
+        if buffer_sweep:
+            blocks["scheduler_buffer"] = buffer_sweep_table(results, [*buffer_sweep, scheduled])
     return blocks
 
 
@@ -532,6 +536,32 @@ def scheduler_report(main: dict, scheduled: dict, gain_share: float = 0.75) -> s
     parts.append(f"Mean [95% t interval] over seeds {', '.join(map(str, seeds))}; every Δ and speed-up is paired by "
                  "seed with the committed runs of the same seed (docs/results/small_model_cpu.json).")
     return "\n".join(parts)
+
+
+def buffer_sweep_table(main: dict, sweep: Sequence[dict], entry: str = "uniform+cbs") -> str:
+    """One row per scheduler buffer size (each results file of ``sweep`` ran one ``entry`` at one
+    size): its accuracy differences and train speed-up against uniform (paired by seed with
+    ``main``'s runs) and what the buffer held."""
+    lines = [
+        "| buffer_size | seeds | Δ train acc. vs uniform | Δ held-out acc. vs uniform | Δ train AUC vs uniform "
+        "| train speed-up vs uniform (x) | reuse share | mean staleness | rollouts buffered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for results in sweep:
+        runs = [r for r in finished_runs(results) if r["allocator"] == entry]
+        if not runs:
+            continue
+        train = scheduler_summary(main, results, "train")["entries"][entry]
+        held = scheduler_summary(main, results, "held_out")["entries"][entry]
+        rows.append((runs[0]["scheduler"]["buffer_size"], len(runs), train, held, runs))
+    for size, count, train, held, runs in sorted(rows, key=lambda r: r[0]):
+        lines.append(
+            f"| {size} | {count} | {fmt_ci(train['final_diff'], '.3f', True)} | {fmt_ci(held['final_diff'], '.3f', True)} "
+            f"| {fmt_ci(train['auc_diff'], '.3f', True)} | {fmt_ci(train['speedup'], '.2f')} "
+            f"| {fmt_ci(_step_mean(runs, 'scheduler_reuse_share'), '.3f')} "
+            f"| {fmt_ci(_step_mean(runs, 'scheduler_mean_staleness'), '.2f')} | {fmt_ci(_step_mean(runs, 'buffered'), '.0f')} |")
+    return "\n".join(lines)
 
 
 # ── plots ─────────────────────────────────────────────────────────────────────────────

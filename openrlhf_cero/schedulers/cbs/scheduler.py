@@ -35,11 +35,11 @@ def _option(name: str, value: Any, kind: type, ok: Any, rule: str) -> Any:
     try:
         converted = kind(value)
     except (TypeError, ValueError):
-        raise SchedulerError(f"{_FLAG}{name}={value!r} must be {kind.__name__}: {rule}") from None
+        raise SchedulerError(f"{_FLAG}{name}={value!r} must be a {kind.__name__}, {rule}") from None
     if kind is int and converted != value:
-        raise SchedulerError(f"{_FLAG}{name}={value!r} must be a whole number: {rule}")
+        raise SchedulerError(f"{_FLAG}{name}={value!r} must be a whole number, {rule}")
     if (kind is float and not math.isfinite(converted)) or not ok(converted):
-        raise SchedulerError(f"{_FLAG}{name}={value!r} is out of range: {rule}")
+        raise SchedulerError(f"{_FLAG}{name}={value!r} must be {rule}")
     return converted
 
 
@@ -82,9 +82,9 @@ class ContextualBanditScheduler(RolloutScheduler):
         prompt_table_size: int = 65536,
     ) -> None:
         super().__init__(seed=seed)
-        self.buffer_size = _option("buffer_size", buffer_size, int, lambda v: v >= 1, "the buffer must hold >= 1 rollout")
+        self.buffer_size = _option("buffer_size", buffer_size, int, lambda v: v >= 1, ">= 1 (rollouts the buffer holds)")
         self.max_staleness = _option("max_staleness", max_staleness, int, lambda v: v >= 1,
-                                     ">= 1 (age 1 = drawn in the step before); 0 would forbid every reuse")
+                                     ">= 1 (steps; age 1 = drawn in the step before, 0 would forbid every reuse)")
         self.max_reuse_share = _option("max_reuse_share", max_reuse_share, float, lambda v: 0 <= v <= 1, "in [0, 1]")
         self.exploration = _option("exploration", exploration, float, lambda v: v >= 0, ">= 0")
         self.hidden = _option("hidden", hidden, int, lambda v: 2 <= v <= 1024, "in [2, 1024]")

@@ -119,24 +119,21 @@ class ContextualBanditScheduler(RolloutScheduler):
     def select(self, fresh: RolloutTable, train_size: int) -> Selection:
         if not isinstance(fresh, RolloutTable):
             raise SchedulerError(f"select expects a RolloutTable, got {type(fresh).__name__}")
-        if int(train_size) != train_size or train_size < 0:
+        try:
+            whole = int(train_size) == train_size and train_size >= 0
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
             raise SchedulerError(f"train_size must be a whole number >= 0, got {train_size!r}")
         train_size, step, n = int(train_size), self.steps, len(fresh)
         records = fresh_records(fresh, self.next_id, self.next_group_uid, step)
         self.posterior.update(records["prompt_id"], records["reward"], step)
         if n:
             now = float(records["length"].mean())
-            self.length_mean = now if step == 0 or self.length_mean <= 0 else (
+            self.length_mean = now if self.length_mean <= 0 else (
                 _LENGTH_DECAY * self.length_mean + (1 - _LENGTH_DECAY) * now)
         pool = concat_records(records, self.buffer.records)  # fresh rows first
-        # One lookup per fresh group (its rows share the prompt), one per buffered rollout.
-        starts = np.flatnonzero(np.r_[True, np.diff(records["group_uid"]) != 0]) if n else np.zeros(0, np.int64)
-        looked = np.concatenate([records["prompt_id"][starts], self.buffer.records["prompt_id"]])
-        mean_at, var_at = self.posterior.posterior(looked)
-        row_of = np.concatenate([np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n])),
-                                 starts.size + np.arange(len(self.buffer))]).astype(np.int64)
-        post_mean, post_var = mean_at[row_of], var_at[row_of]
-        x = context_matrix(pool, step, self.length_mean, post_mean, post_var)
+        x = self._context(pool, records, step)
         age = step - pool["step_drawn"]
         weight = reliability(pool["advantage"], pool["adv_noise"], self.noise_z)
         warm = step < self.warmup_steps or not self.scorer.trained
@@ -145,8 +142,8 @@ class ContextualBanditScheduler(RolloutScheduler):
             score = weight * np.abs(pool["advantage"]) / (1.0 + age)
             chosen = np.zeros(age.size, dtype=bool)
             chosen[: min(train_size, n)] = True
-            chosen |= top_k(score, eligible_rows(n, score, train_size - n) & (np.arange(age.size) >= n),
-                            max(train_size - n, 0))
+            buffered = eligible_rows(n, score, train_size - n) & (np.arange(age.size) >= n)
+            chosen |= top_k(score, buffered, max(train_size - n, 0))
         else:
             mean, width = self.scorer.ucb(x)
             score = weight * (mean + self.exploration * width)
@@ -176,8 +173,20 @@ class ContextualBanditScheduler(RolloutScheduler):
         )
         self.steps += 1
         self.next_id += n
-        self.next_group_uid += int(records["group_uid"][-1]) + 1 - self.next_group_uid if n else 0
+        if n:
+            self.next_group_uid = int(records["group_uid"][-1]) + 1
         return selection
+
+    def _context(self, pool: dict[str, np.ndarray], records: dict[str, np.ndarray], step: int) -> np.ndarray:
+        """The pool's raw context; the prompt posterior is looked up once per fresh group
+        (its rows share the prompt) and once per buffered rollout."""
+        n = records["id"].size
+        starts = np.flatnonzero(np.r_[True, np.diff(records["group_uid"]) != 0]) if n else np.zeros(0, np.int64)
+        looked = np.concatenate([records["prompt_id"][starts], self.buffer.records["prompt_id"]])
+        mean_at, var_at = self.posterior.posterior(looked)
+        row_of = np.concatenate([np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n])),
+                                 starts.size + np.arange(len(self.buffer))]).astype(np.int64)
+        return context_matrix(pool, step, self.length_mean, mean_at[row_of], var_at[row_of])
 
     def _step_figures(self, n: int, trained: np.ndarray, reused: np.ndarray, age: np.ndarray, width: np.ndarray,
                       swaps: int, warm: bool) -> dict[str, float]:

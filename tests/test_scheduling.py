@@ -327,3 +327,33 @@ def test_metrics_doc_lists_exactly_the_scheduler_metrics():
     documented = set(re.findall(r"`scheduler/([a-z0-9_]+)`", text))
     assert emitted - documented == set(), "emitted but not documented"
     assert documented - emitted == set(), "documented but never emitted"
+
+
+def _read_only(value):
+    """A state as Ray delivers it from the object store: numpy arrays not writable."""
+    if isinstance(value, np.ndarray):
+        value = value.copy()
+        value.flags.writeable = False
+        return value
+    if isinstance(value, dict):
+        return {key: _read_only(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_read_only(item) for item in value]
+    return value
+
+
+def test_a_state_with_read_only_arrays_loads_and_trains_on():
+    """On resume the checkpoint's state reaches the trainer through Ray (read-only arrays):
+    the scheduler must get arrays it may update in place."""
+    from openrlhf_cero.schedulers import create_scheduler
+
+    def make() -> ScheduledTraining:
+        return ScheduledTraining(create_scheduler("cbs", seed=1, warmup_steps=1), micro_batch_size=4)
+
+    first = make()
+    for number in (1, 2):
+        plan = first.plan(*micro_batches(step=number))
+        first.scheduler.feedback(plan.trained_ids, np.linspace(-1, 1, len(plan.trained_ids)))
+    resumed = make()
+    resumed.load_state_dict(_read_only(_roundtrip(first.state_dict())))
+    assert len(resumed.plan(*micro_batches(step=3)).trained) == 8

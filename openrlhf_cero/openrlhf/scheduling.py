@@ -250,9 +250,25 @@ class ScheduledTraining:
                 f"the checkpoint holds a {state.get('scheduler')!r} scheduler, this run uses --rollout_scheduler "
                 f"{self.scheduler.name}"
             )
-        self.scheduler.load_state_dict(state["state"])
-        self.payloads = {int(rid): item_from_state(payload) for rid, payload in state["payloads"].items()}
+        self.scheduler.load_state_dict(owned_copy(state["state"]))
+        self.payloads = {int(rid): item_from_state(owned_copy(payload)) for rid, payload in state["payloads"].items()}
         self.last_plan = None
+
+
+def owned_copy(value: Any) -> Any:
+    """``value`` with every array and tensor copied into memory of its own. Checkpoint
+    states reach the trainer through Ray, whose zero-copy deserialisation hands out
+    read-only numpy arrays (and tensors over them); a scheduler that updates its loaded
+    arrays in place would fail (or, for tensors, write into shared memory)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: owned_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(owned_copy(item) for item in value)
+    return value
 
 
 def rollout_gains(

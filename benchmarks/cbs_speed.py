@@ -116,10 +116,13 @@ def main() -> None:
               f"{med['select'] / med['argsort']:.0f}x")
         print(f"  baseline  uniform plan of {args.rollouts // args.group} prompts {med['plan']:6.3f} ms -> select is "
               f"{med['select'] / med['plan']:.0f}x")
-        holds[threads] = med["select"] <= TARGET_MS
+        holds[threads] = (med["select"] <= TARGET_MS, np.median(m["select"][:, 1]) <= TARGET_MS)
+    verdict = lambda ok: "holds" if ok else "MISSED"  # noqa: E731
     print(f"\ntarget: select within {TARGET_MS:.0f} ms for {args.rollouts} fresh rollouts on 2 cores: "
-          + ", ".join(f"{t} thread(s) {'holds' if ok else 'MISSED'}" for t, ok in holds.items())
-          + f" (load average {os.getloadavg()[0]:.1f} at end)")
+          + ", ".join(f"{t} thread(s) {verdict(wall)} in wall time, {verdict(cpu)} in CPU time"
+                      for t, (wall, cpu) in holds.items())
+          + f" (load average {os.getloadavg()[0]:.1f} at end; on a machine shared with other jobs the wall time"
+          " includes their load, the CPU time is what select itself costs)")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,17 @@ def test_sign_balance_keeps_both_signs_of_a_group():
     assert set(np.sign(advantage[out & (group == 0)])) == {1.0, -1.0}
 
 
+def test_option_specs_are_the_constructor_keywords_and_defaults():
+    """The trainer builds ``--scheduler.cbs.*`` from ``options`` and passes them as keywords."""
+    import inspect
+
+    parameters = inspect.signature(ContextualBanditScheduler.__init__).parameters
+    assert {spec.name for spec in ContextualBanditScheduler.options} | {"self", "seed"} == set(parameters)
+    for spec in ContextualBanditScheduler.options:
+        assert parameters[spec.name].default == spec.default, spec.name
+    assert create_scheduler("cbs", seed=1, buffer_size=8).buffer_size == 8
+
+
 # ── bad input ──
 
 

@@ -15,7 +15,10 @@ from threadpoolctl import threadpool_limits
 
 from openrlhf_cero.schedulers import RolloutTable, SchedulerError, create_scheduler
 from openrlhf_cero.schedulers.cbs import ContextualBanditScheduler
-from openrlhf_cero.schedulers.cbs.context import fresh_records, reliability
+from openrlhf_cero.schedulers.cbs.buffer import RolloutBuffer
+from openrlhf_cero.schedulers.cbs.context import ROLLOUT_FIELDS, fresh_records, reliability
+from openrlhf_cero.schedulers.cbs.posterior import BetaTable
+from openrlhf_cero.schedulers.cbs.scheduler import METRICS
 from openrlhf_cero.schedulers.cbs.selection import balance_signs
 
 
@@ -75,7 +78,7 @@ def run_stream(sched, seed: int, steps: int, groups: int, size: int, train_ratio
 def test_contract_rules_hold_on_any_stream(seed, steps, groups, size, train_ratio, buffer_size, max_staleness,
                                            max_reuse_share, warmup_steps, sign_balance, feedback_every):
     options = dict(buffer_size=buffer_size, max_staleness=max_staleness, max_reuse_share=max_reuse_share,
-                   warmup_steps=warmup_steps, sign_balance=sign_balance, hidden=8, train_steps=2)
+                   warmup_steps=warmup_steps, sign_balance=sign_balance, hidden=8, train_steps=seed % 3)
     sched = create_scheduler("cbs", seed=seed, **options)
     rng = np.random.default_rng(seed)
     drawn_at: dict[int, int] = {}
@@ -105,7 +108,7 @@ def test_contract_rules_hold_on_any_stream(seed, steps, groups, size, train_rati
             ids = sel.trained_ids()
             sched.feedback(ids, rng.normal(size=ids.size))
         metrics = sched.metrics()
-        assert {"reuse_share", "mean_staleness", "selected_share", "bandit_reward", "buffer_size"} <= metrics.keys()
+        assert set(metrics) == set(METRICS)
         assert all(np.isfinite(v) for v in metrics.values())
         kept_before = set(kept)
 
@@ -172,6 +175,26 @@ def test_option_specs_are_the_constructor_keywords_and_defaults():
     for spec in ContextualBanditScheduler.options:
         assert parameters[spec.name].default == spec.default, spec.name
     assert create_scheduler("cbs", seed=1, buffer_size=8).buffer_size == 8
+
+
+def test_prompt_table_stays_bounded_and_forgets_the_least_recent():
+    table = BetaTable(capacity=3)
+    table.update(np.array([5, 5, 9], dtype=np.uint64), np.array([1.0, 0.0, 2.0]), step=0)  # 2.0 clips to 1
+    mean, var = table.posterior(np.array([5, 9, 77], dtype=np.uint64))
+    assert np.allclose(mean, [2 / 4, 2 / 3, 1 / 2]) and np.allclose(var[2], 0.25 / 3)  # 77: the Beta(1, 1) prior
+    table.update(np.array([1, 2], dtype=np.uint64), np.array([0.0, 1.0]), step=1)
+    # over capacity: of the two prompts last seen at step 0, the smaller id goes (a fixed tie rule)
+    assert table.keys.tolist() == [1, 2, 9] and table.last_seen.tolist() == [1, 1, 0]
+    assert np.allclose(table.posterior(np.array([5], dtype=np.uint64))[0], 0.5)  # forgotten: the prior again
+
+
+def test_buffer_keeps_the_best_usable_rollouts():
+    buffer = RolloutBuffer(capacity=2, max_staleness=2)
+    pool = {name: np.zeros(4, dtype=dtype) for name, dtype in ROLLOUT_FIELDS.items()}
+    pool["id"] = np.arange(4)
+    pool["step_drawn"] = np.array([3, 3, 1, 3])  # at step 3, the rollout drawn at step 1 is too old for step 4
+    buffer.refill(pool, np.array([True, True, True, True]), np.array([0.1, 0.5, 9.0, 0.3]), step=3)
+    assert buffer.ids.tolist() == [1, 3]
 
 
 # ── bad input ──

@@ -27,6 +27,9 @@ from openrlhf_cero.schedulers.cbs.scorer import NeuralUCBScorer
 from openrlhf_cero.schedulers.cbs.selection import balance_signs, eligible_rows, top_k
 
 _FLAG = "--scheduler.cbs."
+# What ``metrics()`` reports (docs/cbs.md, "Options"): the step's figures, then the last feedback's.
+METRICS = ("reuse_share", "mean_staleness", "selected_share", "buffer_size", "exploration_bonus", "sign_swaps",
+           "warmup", "bandit_reward", "bandit_reward_sum", "scorer_loss", "replay_size")
 _LENGTH_DECAY = 0.9  # running mean of response length: weight of the past per step
 
 
@@ -237,13 +240,13 @@ class ContextualBanditScheduler(RolloutScheduler):
         self._feedback_figures = {
             "bandit_reward": float(gains.mean()),
             "bandit_reward_sum": float(gains.sum()),
-            "scorer_loss": self.scorer.last_loss,
+            "scorer_loss": self.scorer.last_loss if math.isfinite(self.scorer.last_loss) else 0.0,
             "replay_size": float(min(self.scorer.replay_count, self.replay_size)),
         }
 
     def metrics(self) -> dict[str, float]:
-        figures = {"reuse_share": 0.0, "mean_staleness": 0.0, "selected_share": 0.0, "bandit_reward": 0.0,
-                   "buffer_size": float(len(self.buffer))}
+        figures = dict.fromkeys(METRICS, 0.0)  # the same keys every step, before any select or feedback too
+        figures["buffer_size"] = float(len(self.buffer))
         figures.update(self._figures)
         figures.update(self._feedback_figures)
         return figures

@@ -155,6 +155,28 @@ def test_warm_up_is_the_identity_and_no_feedback_keeps_nothing():
         assert t == 0 or not sel.kept.size, "payloads are not held for a scorer that never learns"
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), rows=st.integers(1, 40), groups=st.integers(1, 8), k=st.integers(0, 40))
+def test_sign_balance_swaps_keep_the_size_and_never_unbalance(seed, rows, groups, k):
+    rng = np.random.default_rng(seed)
+    group = np.sort(rng.integers(0, groups, rows))
+    advantage = rng.choice([-1.0, 0.0, 1.0], rows) * rng.random(rows)
+    score = rng.normal(size=rows)
+    eligible = rng.random(rows) < 0.8
+    chosen = np.zeros(rows, dtype=bool)
+    rows_ok = np.flatnonzero(eligible)
+    chosen[rows_ok[np.argsort(-score[rows_ok])][:k]] = True
+    out, swaps = balance_signs(chosen, eligible, score, group, advantage)
+    assert out.sum() == chosen.sum() and not (out & ~eligible).any()
+    assert (out & ~chosen).sum() == swaps == (chosen & ~out).sum()
+
+    def signs(mask):
+        return [set(np.sign(advantage[mask & (group == g)]).tolist()) - {0.0} for g in range(groups)]
+
+    for before, after in zip(signs(chosen), signs(out)):
+        assert before <= after, "a swap never takes away the last rollout of a sign a group trains"
+
+
 def test_sign_balance_keeps_both_signs_of_a_group():
     # one group, two positive rollouts score highest; its negative one must come in
     score = np.array([3.0, 2.0, 0.1, 1.0, 0.9])

@@ -177,6 +177,15 @@ def test_sign_balance_swaps_keep_the_size_and_never_unbalance(seed, rows, groups
         assert before <= after, "a swap never takes away the last rollout of a sign a group trains"
 
 
+def test_global_random_state_is_left_alone():
+    """Warm-up must train as stock: building and running the scheduler draws nothing from
+    torch's or numpy's global generators (its own torch.Generator only)."""
+    torch_state, numpy_state = torch.random.get_rng_state().clone(), np.random.get_state()[1].copy()
+    run_stream(create_scheduler("cbs", seed=0, warmup_steps=1), 0, 4, 6, 4, 0.75)
+    assert torch.equal(torch_state, torch.random.get_rng_state())
+    assert np.array_equal(numpy_state, np.random.get_state()[1])
+
+
 def test_sign_balance_keeps_both_signs_of_a_group():
     # one group, two positive rollouts score highest; its negative one must come in
     score = np.array([3.0, 2.0, 0.1, 1.0, 0.9])

@@ -48,11 +48,15 @@ class NeuralUCBScorer:
         self.dim, self.hidden, self.ridge = int(dim), int(hidden), float(ridge)
         self.replay_size, self.batch_size, self.train_steps = int(replay_size), int(batch_size), int(train_steps)
         self.generator = torch.Generator().manual_seed(int(seed))
+        # Built on the meta device, so that torch's default init does not draw from (and
+        # advance) the caller's global RNG: a scheduler in warm-up must leave training as stock.
+        meta = dict(device="meta")
         self.body = torch.nn.Sequential(
-            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU()
-        )
-        self.head = torch.nn.Linear(hidden, 1)
-        with torch.no_grad():  # torch's default init draws from the global RNG; ours from the generator
+            torch.nn.Linear(dim, hidden, **meta), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden, **meta),
+            torch.nn.ReLU(),
+        ).to_empty(device="cpu")
+        self.head = torch.nn.Linear(hidden, 1, **meta).to_empty(device="cpu")
+        with torch.no_grad():  # our init draws from the private generator
             for layer in (*self.body[::2], self.head):
                 bound = 1.0 / math.sqrt(layer.in_features)
                 layer.weight.uniform_(-bound, bound, generator=self.generator)

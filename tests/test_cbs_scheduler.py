@@ -310,8 +310,8 @@ def _learning_run(seed: int, steps: int = 24, last: int = 10) -> tuple[float, fl
 def test_it_learns_a_known_gain_function(seed):
     got, rand, oracle, by_advantage = _learning_run(seed)
     assert got > 1.5 * rand, (got, rand, oracle)
-    assert got - rand >= 0.8 * (oracle - rand), (got, rand, oracle)  # measured: about 0.98 of the gap
-    # it learns the context, not only |advantage|: most of what that rule leaves (measured 0.83-0.93)
+    assert got - rand >= 0.8 * (oracle - rand), (got, rand, oracle)  # measured over seeds 0-11: 0.96-0.99
+    # it learns the context, not only |advantage|: most of what that rule leaves (seeds 0-11: 0.60-0.94)
     assert got - by_advantage >= 0.5 * (oracle - by_advantage), (got, by_advantage, oracle)
 
 

@@ -270,6 +270,8 @@ def test_bad_rollouts_and_gains_are_refused_clearly():
     with pytest.raises(SchedulerError, match="does not load"):
         sched.load_state_dict(damaged)
     assert sched.state_dict()["next_id"] == before  # all or nothing
+    with pytest.raises(SchedulerError, match=r"--scheduler\.cbs\.hidden=32 but this run 8"):
+        create_scheduler("cbs", seed=0, hidden=8).load_state_dict(sched.state_dict())
 
 
 # ── it learns ──

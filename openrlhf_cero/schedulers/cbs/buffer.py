@@ -77,5 +77,6 @@ class RolloutBuffer:
         if len(sizes) != 1 or len(next(iter(sizes))) != 1:
             raise ValueError(f"buffer columns differ in shape: {sorted(sizes)}")
         if records["id"].size > self.capacity:
-            raise ValueError(f"saved buffer holds {records['id'].size} rollouts, more than buffer_size={self.capacity}")
+            raise ValueError(f"the saved buffer holds {records['id'].size} rollouts, more than "
+                             f"--scheduler.cbs.buffer_size={self.capacity}; resume with a buffer at least that large")
         self.records = records

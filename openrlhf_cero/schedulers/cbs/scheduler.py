@@ -284,14 +284,19 @@ class ContextualBanditScheduler(RolloutScheduler):
         if state.get("version") != STATE_VERSION:
             raise SchedulerError(f"scheduler state version {state.get('version')} is not supported "
                                  f"(expected {STATE_VERSION})")
+        saved_hidden = state.get("settings", {}).get("hidden", self.hidden)
+        if saved_hidden != self.hidden:
+            raise SchedulerError(
+                f"the checkpoint's scorer has {_FLAG}hidden={saved_hidden} but this run {self.hidden}; resume with "
+                f"{_FLAG}hidden {saved_hidden}"
+            )
         before = self.state_dict()
         try:
             self._restore(state)
         except Exception as error:  # whatever a damaged or mismatched state breaks: all or nothing
             self._restore(before)
             raise SchedulerError(
-                f"the saved state of scheduler {self.name} does not load ({type(error).__name__}: {error}); "
-                f"{_FLAG}hidden and {_FLAG}buffer_size must match the run that saved it"
+                f"the saved state of scheduler {self.name} does not load ({type(error).__name__}: {error})"
             ) from error
 
     def _restore(self, state: dict[str, Any]) -> None:

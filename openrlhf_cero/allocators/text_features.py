@@ -9,7 +9,8 @@ Two featurisers:
   Prompts sharing words and formulas ("triangle", "mod 7", "\\frac") share buckets.
 * ``sentence_transformers``: a local sentence-transformers model directory
   (``--allocator.vip.embedding_model PATH``), as the paper does (normalised sentence
-  embeddings). Loaded only when asked for, offline; the package is optional.
+  embeddings, arXiv 2602.01601). Loaded only when asked for, offline; the package is the
+  optional extra ``vip`` (``pip install -e '.[vip]'``), so the default install stays light.
 """
 
 from __future__ import annotations
@@ -92,9 +93,9 @@ class SentenceTransformerFeaturizer:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
             raise AllocatorError(
-                "--allocator.vip.embedding_model needs the sentence-transformers package "
-                f"(pip install sentence-transformers; import failed: {exc}), or leave the flag out to use "
-                "the built-in --allocator.vip.featurizer ngram_hash"
+                "--allocator.vip.embedding_model needs the sentence-transformers package, the optional "
+                f"extra of this package: pip install -e '.[vip]' (import failed: {exc}); or leave the flag "
+                "out to use the built-in --allocator.vip.featurizer ngram_hash"
             ) from None
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model = SentenceTransformer(path, device="cpu")

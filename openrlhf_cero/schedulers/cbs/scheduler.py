@@ -18,52 +18,23 @@ from typing import Any
 
 import numpy as np
 
-from openrlhf_cero.allocators.base import OptionSpec
 from openrlhf_cero.schedulers.base import STATE_VERSION, RolloutScheduler, RolloutTable, SchedulerError, Selection
 from openrlhf_cero.schedulers.cbs.buffer import RolloutBuffer, concat_records
 from openrlhf_cero.schedulers.cbs.context import CONTEXT_DIM, context_matrix, fresh_records, reliability
+from openrlhf_cero.schedulers.cbs.options import FLAG, OPTIONS, check_option
 from openrlhf_cero.schedulers.cbs.posterior import BetaTable
 from openrlhf_cero.schedulers.cbs.scorer import NeuralUCBScorer
 from openrlhf_cero.schedulers.cbs.selection import balance_signs, eligible_rows, top_k
 
-_FLAG = "--scheduler.cbs."
 # What ``metrics()`` reports (docs/cbs.md, "Options"): the step's figures, then the last feedback's.
 METRICS = ("reuse_share", "mean_staleness", "selected_share", "buffer_size", "exploration_bonus", "sign_swaps",
            "warmup", "bandit_reward", "bandit_reward_sum", "scorer_loss", "replay_size")
 _LENGTH_DECAY = 0.9  # running mean of response length: weight of the past per step
 
 
-def _option(name: str, value: Any, kind: type, ok: Any, rule: str) -> Any:
-    """``value`` converted to ``kind`` and checked, or an error naming the flag."""
-    try:
-        converted = kind(value)
-    except (TypeError, ValueError):
-        raise SchedulerError(f"{_FLAG}{name}={value!r} must be a {kind.__name__}, {rule}") from None
-    if kind is int and converted != value:
-        raise SchedulerError(f"{_FLAG}{name}={value!r} must be a whole number, {rule}")
-    if (kind is float and not math.isfinite(converted)) or not ok(converted):
-        raise SchedulerError(f"{_FLAG}{name}={value!r} must be {rule}")
-    return converted
-
-
 class ContextualBanditScheduler(RolloutScheduler):
     name = "cbs"
-    options = (
-        OptionSpec("buffer_size", int, 1024, "most past rollouts kept for reuse (>= 1)"),
-        OptionSpec("max_staleness", int, 4, "a kept rollout trains at most this many steps after it was drawn (>= 1)"),
-        OptionSpec("max_reuse_share", float, 0.25, "most of a step's batch that buffered rollouts may fill, in [0, 1]"),
-        OptionSpec("exploration", float, 1.0, "UCB width multiplier beta on the scorer's last layer (>= 0)"),
-        OptionSpec("hidden", int, 32, "width of the scorer MLP's two hidden layers, in [2, 1024]"),
-        OptionSpec("lr", float, 1e-3, "Adam learning rate of the scorer (> 0)"),
-        OptionSpec("train_steps", int, 8, "Adam steps on the scorer's replay after each feedback (>= 0)"),
-        OptionSpec("scorer_batch", int, 256, "minibatch of each scorer Adam step (>= 1)"),
-        OptionSpec("replay_size", int, 4096, "most (context, gain) pairs the scorer learns from (>= 1)"),
-        OptionSpec("ridge", float, 1.0, "ridge lambda of the UCB head (> 0)"),
-        OptionSpec("noise_z", float, 1.0, "baseline-noise multiple an advantage must exceed to count fully (>= 0)"),
-        OptionSpec("sign_balance", bool, True, "a group trains both advantage signs when it has both"),
-        OptionSpec("warmup_steps", int, 2, "steps that train exactly the fresh rollouts before the scorer decides (>= 0)"),
-        OptionSpec("prompt_table_size", int, 65536, "most prompts whose Beta posterior the scheduler tracks (>= 1)"),
-    )
+    options = OPTIONS
 
     def __init__(
         self,
@@ -85,23 +56,23 @@ class ContextualBanditScheduler(RolloutScheduler):
         prompt_table_size: int = 65536,
     ) -> None:
         super().__init__(seed=seed)
-        self.buffer_size = _option("buffer_size", buffer_size, int, lambda v: v >= 1, ">= 1 (rollouts the buffer holds)")
-        self.max_staleness = _option("max_staleness", max_staleness, int, lambda v: v >= 1,
+        self.buffer_size = check_option("buffer_size", buffer_size, int, lambda v: v >= 1, ">= 1 (rollouts the buffer holds)")
+        self.max_staleness = check_option("max_staleness", max_staleness, int, lambda v: v >= 1,
                                      ">= 1 (steps; age 1 = drawn in the step before, 0 would forbid every reuse)")
-        self.max_reuse_share = _option("max_reuse_share", max_reuse_share, float, lambda v: 0 <= v <= 1, "in [0, 1]")
-        self.exploration = _option("exploration", exploration, float, lambda v: v >= 0, ">= 0")
-        self.hidden = _option("hidden", hidden, int, lambda v: 2 <= v <= 1024, "in [2, 1024]")
-        self.lr = _option("lr", lr, float, lambda v: v > 0, "> 0")
-        self.train_steps = _option("train_steps", train_steps, int, lambda v: v >= 0, ">= 0")
-        self.scorer_batch = _option("scorer_batch", scorer_batch, int, lambda v: v >= 1, ">= 1")
-        self.replay_size = _option("replay_size", replay_size, int, lambda v: v >= 1, ">= 1")
-        self.ridge = _option("ridge", ridge, float, lambda v: v > 0, "> 0")
-        self.noise_z = _option("noise_z", noise_z, float, lambda v: v >= 0, ">= 0")
+        self.max_reuse_share = check_option("max_reuse_share", max_reuse_share, float, lambda v: 0 <= v <= 1, "in [0, 1]")
+        self.exploration = check_option("exploration", exploration, float, lambda v: v >= 0, ">= 0")
+        self.hidden = check_option("hidden", hidden, int, lambda v: 2 <= v <= 1024, "in [2, 1024]")
+        self.lr = check_option("lr", lr, float, lambda v: v > 0, "> 0")
+        self.train_steps = check_option("train_steps", train_steps, int, lambda v: v >= 0, ">= 0")
+        self.scorer_batch = check_option("scorer_batch", scorer_batch, int, lambda v: v >= 1, ">= 1")
+        self.replay_size = check_option("replay_size", replay_size, int, lambda v: v >= 1, ">= 1")
+        self.ridge = check_option("ridge", ridge, float, lambda v: v > 0, "> 0")
+        self.noise_z = check_option("noise_z", noise_z, float, lambda v: v >= 0, ">= 0")
         if not isinstance(sign_balance, (bool, np.bool_)):
-            raise SchedulerError(f"{_FLAG}sign_balance={sign_balance!r} must be true or false")
+            raise SchedulerError(f"{FLAG}sign_balance={sign_balance!r} must be true or false")
         self.sign_balance = bool(sign_balance)
-        self.warmup_steps = _option("warmup_steps", warmup_steps, int, lambda v: v >= 0, ">= 0")
-        self.prompt_table_size = _option("prompt_table_size", prompt_table_size, int, lambda v: v >= 1, ">= 1")
+        self.warmup_steps = check_option("warmup_steps", warmup_steps, int, lambda v: v >= 0, ">= 0")
+        self.prompt_table_size = check_option("prompt_table_size", prompt_table_size, int, lambda v: v >= 1, ">= 1")
         self.buffer = RolloutBuffer(self.buffer_size, self.max_staleness)
         self.posterior = BetaTable(self.prompt_table_size)
         self.scorer = NeuralUCBScorer(
@@ -287,8 +258,8 @@ class ContextualBanditScheduler(RolloutScheduler):
         saved_hidden = state.get("settings", {}).get("hidden", self.hidden)
         if saved_hidden != self.hidden:
             raise SchedulerError(
-                f"the checkpoint's scorer has {_FLAG}hidden={saved_hidden} but this run {self.hidden}; resume with "
-                f"{_FLAG}hidden {saved_hidden}"
+                f"the checkpoint's scorer has {FLAG}hidden={saved_hidden} but this run {self.hidden}; resume with "
+                f"{FLAG}hidden {saved_hidden}"
             )
         before = self.state_dict()
         try:

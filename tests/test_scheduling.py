@@ -265,7 +265,8 @@ def test_cbs_through_the_plumbing_reuses_within_the_staleness_limit_and_resumes(
     saved = _roundtrip(uninterrupted.state_dict())
     later = [step(uninterrupted, number) for number in range(4, 7)]
     assert reused_ids, "CBS never reused a buffered rollout"
-    assert set(uninterrupted.scheduler.metrics()) >= {"reuse_share", "mean_staleness", "selected_share", "bandit_reward"}
+    figures = set(uninterrupted.scheduler.metrics())
+    assert figures >= {"reuse_share", "mean_staleness", "selected_share", "bandit_reward"}
 
     resumed = make()
     resumed.load_state_dict(saved)
@@ -278,7 +279,9 @@ def test_forward_partitions_cover_every_rollout_and_every_rank():
     from types import SimpleNamespace
 
     items = split_items(micro_batches(step=1)[0])
-    args = SimpleNamespace(train=SimpleNamespace(dynamic_batch_enable=False), rollout=SimpleNamespace(micro_batch_size=3))
+    args = SimpleNamespace(
+        train=SimpleNamespace(dynamic_batch_enable=False), rollout=SimpleNamespace(micro_batch_size=3)
+    )
     assert forward_partitions(items, args, ranks=1) == [[0, 1, 2], [3, 4, 5], [6, 7]]
     assert forward_partitions(items[:1], args, ranks=2) == [[0], [0]]  # one rollout, two ranks
     dynamic = SimpleNamespace(
@@ -302,7 +305,8 @@ def test_openrlhf_balances_the_scheduled_batches_for_dynamic_batching():
     training.plan(*micro_batches(step=1))
     plan = training.plan(*micro_batches(step=2))
     args = SimpleNamespace(
-        actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=2), ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1)
+        actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=2),
+        ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1),
     )
     balanced = balance_experiences(plan.batches, args)
     assert sum(len(b.sequences) for b in balanced) == 8

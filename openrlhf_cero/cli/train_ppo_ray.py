@@ -35,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from openrlhf_cero.openrlhf.flags import check_allocator_options_given, check_before_openrlhf, check_launch
     from openrlhf_cero.openrlhf.native import add_plugin_arguments, prepare_hooks
-    from openrlhf_cero.openrlhf.scheduler_flags import check_scheduler_launch, check_scheduler_options_given, scheduler_settings
+    from openrlhf_cero.openrlhf.scheduler_flags import (
+        check_scheduler_launch,
+        check_scheduler_options_given,
+        scheduler_settings,
+    )
     from openrlhf_cero.openrlhf.stock_main import run_stock_main
 
     def train(args: SimpleNamespace, stock_train: Callable[[SimpleNamespace], None]) -> None:

@@ -124,7 +124,9 @@ def check_scheduler_launch(args: SimpleNamespace) -> RolloutScheduler | None:
                 f"--scheduler.{name}.{option}={settings[option]} must be >= {low} ({meaning}); "
                 "use --rollout_scheduler none to train on fresh rollouts only"
             )
-    remote_rewards = bool(getattr(args.reward, "remote_url", None)) or bool(getattr(args.train, "agent_func_path", None))
+    remote_rewards = bool(getattr(args.reward, "remote_url", None)) or bool(
+        getattr(args.train, "agent_func_path", None)
+    )
     if not remote_rewards:
         raise SchedulerError(
             f"--rollout_scheduler {name} needs each rollout's reward when it is generated, but rewards here come from "

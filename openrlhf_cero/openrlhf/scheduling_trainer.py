@@ -66,7 +66,10 @@ class SchedulingExperienceMaker(VariableGroupExperienceMaker):
         log-probs belong to the older policy that drew it, so it gets a forward now."""
         reused = [item for item, is_reused in zip(plan.trained, plan.reused) if is_reused]
         forwarded = iter(self.actor_log_probs(reused)) if reused else iter(())
-        return [next(forwarded) if is_reused else item.action_log_probs for item, is_reused in zip(plan.trained, plan.reused)]
+        return [
+            next(forwarded) if is_reused else item.action_log_probs
+            for item, is_reused in zip(plan.trained, plan.reused)
+        ]
 
     @torch.no_grad()
     def actor_log_probs(self, items: Sequence[Experience]) -> List[torch.Tensor]:
@@ -165,5 +168,7 @@ class SchedulesRollouts:
             )
         else:
             maker.scheduling.load_state_dict(saved)
-            logger.info("restored the %s scheduler with %d buffered rollouts", saved["scheduler"], len(saved["payloads"]))
+            logger.info(
+                "restored the %s scheduler with %d buffered rollouts", saved["scheduler"], len(saved["payloads"])
+            )
         return states

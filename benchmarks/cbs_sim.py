@@ -9,7 +9,8 @@ its seed; torch is held to one thread (the scorer is small and the machine is sh
 
     python benchmarks/cbs_sim.py run --scenario deepscaler --overrides '{"epochs": 20, "target": 0.379}' \\
         --entries uniform,uniform+cbs --seeds 5 --out docs/results/cbs_sim/deepscaler
-    python benchmarks/cbs_sim.py report docs/results/cbs_sim/*.json > docs/results/cbs_sim/summary.md
+    python benchmarks/cbs_sim.py report docs/results/cbs_sim/deepscaler.json > docs/results/cbs_sim/summary.md
+    python benchmarks/cbs_sim.py report --sweep docs/results/cbs_sim/deepscaler_buffer_*.json
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def raw_figures(record: RunRecord, metric: str, target: float) -> dict[str, Any]
         values = record.extra.get("scheduler", {}).get(key)
         if values is not None:
             out[key] = float(np.mean(values))
+    fill = record.extra.get("scheduler", {}).get("buffer_size")  # cbs's metric: rollouts held after the step
+    if fill is not None:
+        out["buffer_fill"] = float(np.mean(fill))
     return out
 
 
@@ -120,6 +124,10 @@ def ratio_text(reference: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
     mean, low, high, n = interval(ratios)
     if n == 0:
         return "not reached"
+    if reference is runs:
+        return "1.00 (reference)"
+    if n == 1:
+        return f"{mean:.2f} (1/{len(runs)} seeds, no interval)"
     body = f"{mean:.2f} [{low:.2f}, {high:.2f}]" + (" (includes 1.0)" if low <= 1.0 <= high else "")
     return body if n == len(runs) else f"{body} ({n}/{len(runs)} seeds)"
 
@@ -164,6 +172,26 @@ def report(paths: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def sweep_report(paths: Sequence[str], entry: str = "uniform+cbs") -> str:
+    """One row per file: the scheduler settings of ``entry`` and its speed-up over uniform (same file, same seeds)."""
+    lines = [
+        f"| run | buffer_size | max_staleness | {entry}: rollouts to target | speed-up vs uniform [95% CI] "
+        "| mean buffer fill | reuse share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        raw = json.loads(Path(path).read_text())
+        runs, options = raw["entries"][entry], raw["scheduler_options"].get("cbs", {})
+        cost = [r["rollouts_to_target"] for r in runs if math.isfinite(r["rollouts_to_target"])]
+        fill = f"{np.mean([r['buffer_fill'] for r in runs]):,.0f}" if "buffer_fill" in runs[0] else "n/a"
+        lines.append(
+            f"| {raw['label']} | {options.get('buffer_size', 1024)} | {options.get('max_staleness', 4)} "
+            f"| {np.mean(cost):,.0f} ({len(cost)}/{len(runs)} reached) | {ratio_text(raw['entries']['uniform'], runs)} "
+            f"| {fill} | {np.mean([r['reuse_share'] for r in runs]):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,10 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--no-progress", action="store_true")
     q = sub.add_parser("report")
     q.add_argument("paths", nargs="+")
+    q.add_argument("--sweep", action="store_true", help="one row per file: uniform+cbs under each file's settings")
     args = p.parse_args(argv)
     if args.command == "run":
         return run(args)
-    print(report(args.paths))
+    print(sweep_report(args.paths) if args.sweep else report(args.paths))
     return 0
 
 

@@ -78,7 +78,9 @@ def rollout_table(items: Sequence[Experience], groups: torch.Tensor) -> RolloutT
     scheduler sees it (its own check could only name a row)."""
     if len(groups) != len(items):
         raise SchedulerError(f"{len(items)} rollouts but {len(groups)} group numbers")
-    rewards = np.array([float(item.info["reward"]) for item in items], dtype=np.float64)
+    # info["reward"] is the reward function's score as OpenRLHF logs it; Experience.rewards
+    # (the same, after length penalties) stands in where an executor left info without it.
+    rewards = np.array([float(item.info.get("reward", item.rewards)) for item in items], dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(rewards))
     if bad.size:
         row = int(bad[0])

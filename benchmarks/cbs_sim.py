@@ -175,9 +175,9 @@ def report(paths: Sequence[str]) -> str:
 def sweep_report(paths: Sequence[str], entry: str = "uniform+cbs") -> str:
     """One row per file: the scheduler settings of ``entry`` and its speed-up over uniform (same file, same seeds)."""
     lines = [
-        f"| run | buffer_size | max_staleness | {entry}: rollouts to target | speed-up vs uniform [95% CI] "
-        "| mean buffer fill | reuse share |",
-        "|---|---|---|---|---|---|---|",
+        f"| run | buffer_size | max_staleness | max_reuse_share | {entry}: rollouts to target "
+        "| speed-up vs uniform [95% CI] | mean buffer fill | reuse share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         raw = json.loads(Path(path).read_text())
@@ -186,6 +186,7 @@ def sweep_report(paths: Sequence[str], entry: str = "uniform+cbs") -> str:
         fill = f"{np.mean([r['buffer_fill'] for r in runs]):,.0f}" if "buffer_fill" in runs[0] else "n/a"
         lines.append(
             f"| {raw['label']} | {options.get('buffer_size', 1024)} | {options.get('max_staleness', 4)} "
+            f"| {options.get('max_reuse_share', 0.25)} "
             f"| {np.mean(cost):,.0f} ({len(cost)}/{len(runs)} reached) | {ratio_text(raw['entries']['uniform'], runs)} "
             f"| {fill} | {np.mean([r['reuse_share'] for r in runs]):.2f} |"
         )

@@ -264,3 +264,4 @@ def test_scheduler_entries_are_paired_with_uniform_and_with_their_allocator_alon
     assert row["final_diff_base"][1] > 0  # every seed is ahead of cero alone: the interval excludes 0
     text = scheduler_report(main, scheduled)
     assert "| cero+cbs | 4 |" in text and "| 500 [500, 500] | 100 [100, 100] | 200 [200, 200] | 50.0 [50.0, 50.0]" in text
+    assert "| 400 [400, 400] | 1.25 [1.25, 1.25] |" in text  # 500 ms with, 400 without its parts

@@ -501,8 +501,8 @@ def scheduler_step_table(scheduled: dict) -> str:
     lines += [
         "",
         "| entry | seeds | wall ms per step | draw | policy update | scheduler (select, feedback, buffer) "
-        "| gain forward | step without the scheduler's parts |",
-        "|---|---|---|---|---|---|---|---|",
+        "| gain forward | step without the scheduler's parts | with / without (x, per run) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in allocator_names(runs):
         mine = [r for r in runs if r["allocator"] == name and steps_of(r) and "step_seconds" in steps_of(r)[0]]
@@ -518,7 +518,8 @@ def scheduler_step_table(scheduled: dict) -> str:
             f"| {fmt_ci(_step_mean(mine, 'draw_seconds', 1e3), '.0f')} | {fmt_ci(t_interval(update), '.0f')} "
             f"| {fmt_ci(_step_mean(mine, 'scheduler_seconds', 1e3), '.1f') if has else '—'} "
             f"| {fmt_ci(_step_mean(mine, 'gain_seconds', 1e3), '.1f') if has else '—'} "
-            f"| {fmt_ci(t_interval(without), '.0f')} |")
+            f"| {fmt_ci(t_interval(without), '.0f')} "
+            f"| {fmt_ci(ratio_interval([1000 * float(np.mean([st['step_seconds'] for st in steps_of(r)])) / w for r, w in zip(mine, without)]), '.2f') if has else '—'} |")
     return "\n".join(lines)
 
 

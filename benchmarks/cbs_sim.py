@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     table = bench_report(scenario, records, failures)
     if records:
         table += "\n\n" + verdict(scenario, records)
-    out.with_suffix(".md").write_text(table + "\n")
+    out.parent.joinpath(out.name + ".md").write_text(table + "\n")  # not with_suffix: labels may hold dots
     raw = {
         "scenario": scenario.to_dict(),
         "label": out.name,
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "failures": failures,
         "entries": {name: [raw_figures(r, scenario.metric, scenario.target) for r in runs] for name, runs in records.items()},
     }
-    out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+    out.parent.joinpath(out.name + ".json").write_text(json.dumps(raw, indent=1) + "\n")
     print(table)
     return 0 if not failures else 1
 

@@ -77,8 +77,18 @@ def run_stream(sched, seed: int, steps: int, groups: int, size: int, train_ratio
 )
 def test_contract_rules_hold_on_any_stream(seed, steps, groups, size, train_ratio, buffer_size, max_staleness,
                                            max_reuse_share, warmup_steps, sign_balance, feedback_every):
+    check_contract(seed, steps, groups, size, train_ratio, buffer_size, max_staleness, max_reuse_share,
+                   warmup_steps, sign_balance, feedback_every, ranking="bandit")
+
+
+def check_contract(seed: int, steps: int, groups: int, size: int, train_ratio: float, buffer_size: int,
+                   max_staleness: int, max_reuse_share: float, warmup_steps: int, sign_balance: bool,
+                   feedback_every: int, ranking: str) -> None:
+    """Every rule of the scheduler contract on one seeded stream, for either ranking: the
+    ablation must obey the same rules, or its comparison with the bandit would not be fair."""
     options = dict(buffer_size=buffer_size, max_staleness=max_staleness, max_reuse_share=max_reuse_share,
-                   warmup_steps=warmup_steps, sign_balance=sign_balance, hidden=8, train_steps=seed % 3)
+                   warmup_steps=warmup_steps, sign_balance=sign_balance, hidden=8, train_steps=seed % 3,
+                   ranking=ranking)
     sched = create_scheduler("cbs", seed=seed, **options)
     rng = np.random.default_rng(seed)
     drawn_at: dict[int, int] = {}
@@ -111,6 +121,85 @@ def test_contract_rules_hold_on_any_stream(seed, steps, groups, size, train_rati
         assert set(metrics) == set(METRICS)
         assert all(np.isfinite(v) for v in metrics.values())
         kept_before = set(kept)
+
+
+# ── ranking="advantage": the no-learning ablation ──
+
+CONTRACT_STREAMS = dict(
+    seed=st.integers(0, 10**6), steps=st.integers(1, 7), groups=st.integers(0, 10), size=st.integers(1, 6),
+    train_ratio=st.sampled_from([0.0, 0.5, 1.0, 1.4]), buffer_size=st.integers(1, 30),
+    max_staleness=st.integers(1, 3), max_reuse_share=st.sampled_from([0.0, 0.25, 1.0]),
+    warmup_steps=st.integers(0, 2), sign_balance=st.booleans(), feedback_every=st.integers(1, 3),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(**CONTRACT_STREAMS)
+def test_advantage_ranking_keeps_every_contract_rule(seed, steps, groups, size, train_ratio, buffer_size,
+                                                     max_staleness, max_reuse_share, warmup_steps, sign_balance,
+                                                     feedback_every):
+    check_contract(seed, steps, groups, size, train_ratio, buffer_size, max_staleness, max_reuse_share,
+                   warmup_steps, sign_balance, feedback_every, ranking="advantage")
+
+
+# The default's selection on a fixed stream, recorded with the code before ``ranking`` existed:
+# adding the ablation must leave the bandit bit for bit as it was.
+DEFAULT_STREAM_SHA256 = "0412cdc852b44e81a8a2b2546a1d4ac435a7d454cfaa68d8dc2f9e5f621c3fdc"
+
+
+def test_default_ranking_selects_as_before():
+    import hashlib
+    import json
+
+    options = dict(buffer_size=24, max_staleness=2, max_reuse_share=0.5, warmup_steps=1, hidden=8, train_steps=3)
+    default = run_stream(create_scheduler("cbs", seed=3, **options), 3, 8, 6, 4, 1.0)
+    assert create_scheduler("cbs", seed=3).ranking == "bandit"
+    assert hashlib.sha256(json.dumps(default).encode()).hexdigest() == DEFAULT_STREAM_SHA256
+    assert run_stream(create_scheduler("cbs", seed=3, ranking="bandit", **options), 3, 8, 6, 4, 1.0) == default
+    ablation = run_stream(create_scheduler("cbs", seed=3, ranking="advantage", **options), 3, 8, 6, 4, 1.0)
+    assert ablation != default  # the option is not a no-op
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10**6), train_ratio=st.sampled_from([0.5, 1.0]))
+def test_advantage_ranking_is_deterministic_and_ignores_gains(seed, train_ratio):
+    """Same stream, same selection; the gains reported (or none at all) change nothing, since
+    the ablation never consults the scorer, and it leaves the identity after the warm-up."""
+    options = dict(buffer_size=24, max_staleness=2, max_reuse_share=0.5, warmup_steps=1, hidden=8, ranking="advantage")
+    reference = run_stream(create_scheduler("cbs", seed=seed, **options), seed, 7, 6, 4, train_ratio)
+    assert reference == run_stream(create_scheduler("cbs", seed=seed, **options), seed, 7, 6, 4, train_ratio)
+    assert reference == run_stream(create_scheduler("cbs", seed=seed + 1, **options), seed, 7, 6, 4, train_ratio)
+
+    rng, gains_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+    told, opposite, silent = (create_scheduler("cbs", seed=seed, **options) for _ in range(3))
+    reused = 0
+    for t in range(6):
+        fresh, train_size = binary_step(rng, 6, 4), int(train_ratio * 24)
+        picks = [sched.select(fresh, train_size) for sched in (told, opposite, silent)]
+        assert all(np.array_equal(a, b) for pick in picks[1:]
+                   for a, b in zip((picks[0].train_fresh, picks[0].train_reused, picks[0].kept),
+                                   (pick.train_fresh, pick.train_reused, pick.kept)))
+        gains = gains_rng.normal(size=picks[0].trained_ids().size)
+        told.feedback(picks[0].trained_ids(), gains)
+        opposite.feedback(picks[1].trained_ids(), -gains)  # silent: never any feedback
+        assert silent.metrics()["warmup"] == float(t < 1)
+        reused += picks[0].train_reused.size
+    assert len(silent.buffer) > 0 and not told.scorer.trained
+    assert reused > 0 or train_ratio < 1  # a full batch with zero-variance groups reuses
+
+
+def test_advantage_ranking_trains_the_highest_weighted_advantage():
+    """After the warm-up the chosen rows are the top ones by the warm-up's score (sign
+    balance off, so the rule alone decides)."""
+    rng = np.random.default_rng(5)
+    sched = create_scheduler("cbs", seed=0, warmup_steps=0, max_reuse_share=0.0, sign_balance=False,
+                             ranking="advantage")
+    fresh = binary_step(rng, 10, 4)
+    sel = sched.select(fresh, 12)
+    records = fresh_records(fresh, 0, 0, 0)
+    score = reliability(records["advantage"], records["adv_noise"], 1.0) * np.abs(records["advantage"])
+    assert sel.train_size == 12
+    assert score[sel.train_fresh].min() >= np.delete(score, sel.train_fresh).max()
 
 
 @settings(max_examples=6, deadline=None)
@@ -235,7 +324,7 @@ def test_buffer_keeps_the_best_usable_rollouts():
     "option, value",
     [("buffer_size", 0), ("buffer_size", -5), ("max_staleness", 0), ("max_reuse_share", 1.5),
      ("exploration", -1.0), ("lr", 0.0), ("hidden", 1), ("replay_size", 0), ("ridge", float("nan")),
-     ("buffer_size", 2.5), ("sign_balance", "yes")],
+     ("buffer_size", 2.5), ("sign_balance", "yes"), ("ranking", "ucb"), ("ranking", 1)],
 )
 def test_bad_options_name_the_flag(option, value):
     with pytest.raises(SchedulerError, match=rf"--scheduler\.cbs\.{option}"):

@@ -325,7 +325,10 @@ def test_the_page_shows_the_tables_that_the_report_prints_from_the_committed_res
     scheduled_path = ROOT / "docs" / "results" / "small_model_cpu_cbs.json"  # the scheduler entries, once run
     scheduled = json.loads(scheduled_path.read_text()) if scheduled_path.exists() else None
     buffers = [json.loads(p.read_text()) for p in sorted((ROOT / "docs" / "results").glob("small_model_cpu_cbs_buffer_*.json"))]
-    blocks = g.page_blocks(results, sweep, scheduled=scheduled, buffer_sweep=buffers if scheduled else ())
+    ablation_path = ROOT / "docs" / "results" / "small_model_cpu_cbs_ablation.json"  # CBS with ranking=advantage
+    ablation = json.loads(ablation_path.read_text()) if ablation_path.exists() and scheduled else None
+    blocks = g.page_blocks(results, sweep, scheduled=scheduled, buffer_sweep=buffers if scheduled else (),
+                           ablation=ablation)
     assert scheduled is None or "scheduler" in blocks
     for name, text in blocks.items():
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -358,3 +361,30 @@ def test_results_of_other_settings_are_not_merged(g):
         g.merge_results([a, {"config": {"lr": 5e-4}, "runs": {"uniform/2": {}}}])
     with pytest.raises(SystemExit):
         g.merge_results([a, a])
+
+
+def test_ablation_table_pairs_the_rule_with_the_bandit_by_seed(g):
+    """CBS's no-learning ablation (ranking=advantage) is compared with uniform and with the
+    bandit, seed by seed; runs of the wrong ranking are refused rather than mislabelled."""
+    x = np.linspace(0, 1000, 11)
+
+    def runs_of(name: str, lift: float, ranking: str | None = None) -> dict:
+        out = {}
+        for seed in range(4):
+            run = _fake_run(name, seed, x, 0.3 + 0.2 * x / 1000 + lift + 0.01 * seed + 0.001 * seed * (lift > 0))
+            run["steps"] = [dict(run["steps"][0], scheduler_reuse_share=0.25)]
+            if ranking:
+                run["scheduler"] = {"name": "cbs", "ranking": ranking}
+            out[f"{name}/{seed}"] = run
+        return {"runs": out}
+
+    main, bandit = runs_of("uniform", 0.0), runs_of("uniform+cbs", 0.02)
+    ablation = runs_of("uniform+cbs", 0.05, "advantage")
+    rows = g.ablation_table(main, bandit, ablation).splitlines()
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| bandit vs uniform", "| advantage vs uniform",
+                                                      "| advantage vs bandit"]
+    assert rows[-1].split(" | ")[2].startswith("+0.030")  # train accuracy: 0.05 - 0.02 on every seed
+    with pytest.raises(ValueError, match="ranking"):
+        g.ablation_table(main, bandit, runs_of("uniform+cbs", 0.05, "bandit"))
+    with pytest.raises(ValueError, match="ranking"):
+        g.ablation_table(main, ablation, ablation)

@@ -7,6 +7,11 @@
     PYTHONPATH=. python -m benchmarks.small_model --preset cpu --allocators uniform+cbs,cero+cbs --out OUT  # + scheduler
     PYTHONPATH=. python -m benchmarks.small_model --report docs/results/small_model_cpu.json \
         --scheduler-results docs/results/small_model_cpu_cbs.json         # the scheduler entries against their pairs
+    PYTHONPATH=. python -m benchmarks.small_model --preset cpu --allocators uniform+cbs \
+        --scheduler-options '{"cbs": {"ranking": "advantage"}}' --out OUT  # CBS's no-learning ablation
+    PYTHONPATH=. python -m benchmarks.small_model --report docs/results/small_model_cpu.json \
+        --scheduler-results docs/results/small_model_cpu_cbs.json \
+        --ablation-results docs/results/small_model_cpu_cbs_ablation.json  # the ablation against the bandit
 
 ``benchmarks/small_model_grpo.py`` is the same command line.
 """
@@ -27,7 +32,7 @@ from benchmarks.small_model import config as presets
 from benchmarks.small_model.config import ALL_ALLOCATORS, Config
 from benchmarks.small_model.grpo import write_json
 from benchmarks.small_model.report import (
-    buffer_sweep_table, compact, fill_page, markdown_report, page_blocks, plot, scheduler_report, settings_table,
+    ablation_table, buffer_sweep_table, compact, fill_page, markdown_report, page_blocks, plot, scheduler_report, settings_table,
     summarise, sweep_table,
 )
 from benchmarks.small_model.runs import merge_results, run_all
@@ -73,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-sweep", type=Path, nargs="+", help="with --report and --scheduler-results: results "
                    "files of uniform+cbs at one scheduler buffer_size each; the buffer-size table (with the "
                    "--scheduler-results' size as a row, paired with --report's uniform); with --update-page, its block")
+    p.add_argument("--ablation-results", type=Path, nargs="+", help="with --report and --scheduler-results: results "
+                   "files of uniform+cbs run with ranking=advantage (the no-learning ablation); the table of the "
+                   "bandit and the rule against uniform and against each other, paired by seed; with --update-page, "
+                   "its block")
     p.add_argument("--gain-share", type=float, default=0.75, help="target = start + this share of uniform's gain")
     p.add_argument("--checkpoint", type=Path, help="warm-up checkpoint: loaded if it exists, else written")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
@@ -95,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = merge_results([json.loads(path.read_text()) for path in args.report])
         scheduled = (merge_results([json.loads(path.read_text()) for path in args.scheduler_results])
                      if args.scheduler_results else None)
+        ablation = (merge_results([json.loads(path.read_text()) for path in args.ablation_results])
+                    if args.ablation_results and scheduled else None)
         blocks = page_blocks(results, [json.loads(path.read_text()) for path in args.sweep], args.gain_share, scheduled,
-                             [json.loads(path.read_text()) for path in args.buffer_sweep or ()])
+                             [json.loads(path.read_text()) for path in args.buffer_sweep or ()], ablation)
         args.update_page.write_text(fill_page(args.update_page.read_text(), blocks))
         if args.plot:
             print("\n".join(plot(results, args.plot)))
@@ -126,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             files = [json.loads(path.read_text()) for path in args.buffer_sweep] + ([scheduled] if scheduled else [])
             print()
             print(buffer_sweep_table(results, files))
+        if args.ablation_results and scheduled:
+            ablation = merge_results([json.loads(path.read_text()) for path in args.ablation_results])
+            print()
+            print(ablation_table(results, scheduled, ablation, args.gain_share))
         if args.plot:
             print("\n".join(plot(results, args.plot)), file=sys.stderr)
         return 0

@@ -345,11 +345,12 @@ def settings_table(results: dict) -> str:
 
 def page_blocks(
     results: dict, sweep: Sequence[dict], gain_share: float = 0.75, scheduled: dict | None = None,
-    buffer_sweep: Sequence[dict] = (),
+    buffer_sweep: Sequence[dict] = (), ablation: dict | None = None,
 ) -> dict[str, str]:
     """The generated blocks of docs/benchmarks-small-model.md, by marker name; ``scheduled``, the
-    results of the scheduler entries, adds the block that compares them, and ``buffer_sweep``
-    (uniform+cbs at other buffer sizes) the buffer-size table, which also reads ``scheduled``."""
+    results of the scheduler entries, adds the block that compares them, ``buffer_sweep``
+    (uniform+cbs at other buffer sizes) the buffer-size table, which also reads ``scheduled``,
+    and ``ablation`` (uniform+cbs with ``ranking=advantage``) the bandit-vs-rule table."""
     at = min(r["evals"][-1]["rollouts"] for r in finished_runs(results))
     blocks = {"report": markdown_report(results, gain_share), "settings": settings_table(results),
               "sweep": sweep_table(sweep, at), "warmup": warmup_table(results)}
@@ -357,6 +358,8 @@ def page_blocks(
         blocks["scheduler"] = scheduler_report(results, scheduled, gain_share)
         if buffer_sweep:
             blocks["scheduler_buffer"] = buffer_sweep_table(results, [*buffer_sweep, scheduled])
+        if ablation is not None:
+            blocks["scheduler_ablation"] = ablation_table(results, scheduled, ablation, gain_share)
     return blocks
 
 
@@ -562,6 +565,49 @@ def buffer_sweep_table(main: dict, sweep: Sequence[dict], entry: str = "uniform+
             f"| {fmt_ci(train['auc_diff'], '.3f', True)} | {fmt_ci(train['speedup'], '.2f')} "
             f"| {fmt_ci(_step_mean(runs, 'scheduler_reuse_share'), '.3f')} "
             f"| {fmt_ci(_step_mean(runs, 'scheduler_mean_staleness'), '.2f')} | {fmt_ci(_step_mean(runs, 'buffered'), '.0f')} |")
+    return "\n".join(lines)
+
+
+def ablation_table(main: dict, bandit: dict, ablation: dict, gain_share: float = 0.75,
+                   entry: str = "uniform+cbs") -> str:
+    """``entry`` ranked by the bandit (``bandit``'s runs) and by the no-learning rule
+    (``ablation``'s runs, CBS with ``ranking=advantage``), each against uniform, then the rule
+    against the bandit, all paired by seed: whether CBS's gain is the bandit's choice or only
+    the reuse of nonzero-advantage rollouts that both share."""
+    lines = [
+        "| ranking | seeds | Δ train acc. at equal rollouts | Δ held-out acc. | Δ train AUC | Δ held-out AUC "
+        "| train speed-up (x) | held-out speed-up (x) | reuse share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summaries = {}
+    for label, results in (("bandit", bandit), ("advantage", ablation)):
+        runs = [r for r in finished_runs(results) if r["allocator"] == entry]
+        if not runs:
+            continue
+        rankings = {r.get("scheduler", {}).get("ranking", "bandit") for r in runs}
+        if rankings != {label}:
+            raise ValueError(f"{entry} runs given as the {label} ranking ran with ranking {sorted(rankings)}")
+        train = scheduler_summary(main, results, "train", gain_share)["entries"][entry]
+        held = scheduler_summary(main, results, "held_out", gain_share)["entries"][entry]
+        summaries[label] = (train, held)
+        lines.append(
+            f"| {label} vs uniform | {len(runs)} | {fmt_ci(train['final_diff'], '.3f', True)} "
+            f"| {fmt_ci(held['final_diff'], '.3f', True)} | {fmt_ci(train['auc_diff'], '.3f', True)} "
+            f"| {fmt_ci(held['auc_diff'], '.3f', True)} | {fmt_ci(train['speedup'], '.2f')} "
+            f"| {fmt_ci(held['speedup'], '.2f')} | {fmt_ci(_step_mean(runs, 'scheduler_reuse_share'), '.3f')} |")
+    if len(summaries) == 2:
+        (bt, bh), (at, ah) = summaries["bandit"], summaries["advantage"]
+        cells = []
+        for key in ("final", "auc"):
+            for mine, base in ((at, bt), (ah, bh)):
+                cells.append((key, fmt_ci(t_interval(_paired({s: v[key] for s, v in mine["per_seed"].items()},
+                                                             {s: v[key] for s, v in base["per_seed"].items()})),
+                                          ".3f", True)))
+        speed = [fmt_ci(ratio_interval(_speedups(mine["per_seed"], base["per_seed"])), ".2f")
+                 for mine, base in ((at, bt), (ah, bh))]
+        pairs = len([s for s in at["per_seed"] if s in bt["per_seed"]])
+        lines.append(f"| advantage vs bandit | {pairs} | {cells[0][1]} | {cells[1][1]} | {cells[2][1]} | {cells[3][1]} "
+                     f"| {speed[0]} | {speed[1]} | — |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,11 @@ from openrlhf_cero.allocators.base import OptionSpec
 from openrlhf_cero.schedulers.base import SchedulerError
 
 FLAG = "--scheduler.cbs."
+# How buffered and fresh rollouts are ranked once the warm-up is over: "bandit" scores them with
+# the neural UCB learned from feedback; "advantage" is the no-learning ablation, which ranks by
+# the warm-up's rule (noise-weighted |advantage| / (1 + age)) and never consults the scorer, so
+# that a gain of the bandit can be told apart from a gain of reusing nonzero-advantage rollouts.
+RANKINGS = ("bandit", "advantage")
 
 OPTIONS = (
     OptionSpec("buffer_size", int, 1024, "most past rollouts kept for reuse (>= 1)"),
@@ -30,6 +35,9 @@ OPTIONS = (
     OptionSpec("sign_balance", bool, True, "a group trains both advantage signs when it has both"),
     OptionSpec("warmup_steps", int, 2, "steps that train exactly the fresh rollouts before the scorer decides (>= 0)"),
     OptionSpec("prompt_table_size", int, 65536, "most prompts whose Beta posterior the scheduler tracks (>= 1)"),
+    OptionSpec("ranking", str, "bandit", "score of a rollout after the warm-up: bandit (the neural UCB) or advantage "
+               "(the no-learning ablation: noise-weighted |advantage| / (1 + age), the scorer never consulted; "
+               "same buffer, caps and sign balance)", choices=RANKINGS),
 )
 
 

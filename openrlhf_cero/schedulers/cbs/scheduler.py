@@ -9,6 +9,11 @@ a trained rollout, reported through ``feedback``, is its gain (base.py, docs/cbs
 
 Until the scorer has feedback, and for the first ``warmup_steps`` steps, the scheduler
 trains exactly the fresh rollouts: it is the identity, and training equals stock.
+
+``ranking="advantage"`` is the no-learning ablation: after ``warmup_steps`` it ranks by the
+warm-up's rule (noise-weighted |advantage| discounted by age) under the same buffer, caps and
+sign balance, and never consults or trains the scorer; it measures how much of CBS's gain is
+reuse of nonzero-advantage rollouts rather than the bandit's choice.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from openrlhf_cero.schedulers.base import STATE_VERSION, RolloutScheduler, RolloutTable, SchedulerError, Selection
 from openrlhf_cero.schedulers.cbs.buffer import RolloutBuffer, concat_records
 from openrlhf_cero.schedulers.cbs.context import CONTEXT_DIM, context_matrix, fresh_records, reliability
-from openrlhf_cero.schedulers.cbs.options import FLAG, OPTIONS, check_option
+from openrlhf_cero.schedulers.cbs.options import FLAG, OPTIONS, RANKINGS, check_option
 from openrlhf_cero.schedulers.cbs.posterior import BetaTable
 from openrlhf_cero.schedulers.cbs.scorer import NeuralUCBScorer
 from openrlhf_cero.schedulers.cbs.selection import balance_signs, eligible_rows, top_k
@@ -54,6 +59,7 @@ class ContextualBanditScheduler(RolloutScheduler):
         sign_balance: bool = True,
         warmup_steps: int = 2,
         prompt_table_size: int = 65536,
+        ranking: str = "bandit",
     ) -> None:
         super().__init__(seed=seed)
         self.buffer_size = check_option("buffer_size", buffer_size, int, lambda v: v >= 1, ">= 1 (rollouts the buffer holds)")
@@ -73,6 +79,8 @@ class ContextualBanditScheduler(RolloutScheduler):
         self.sign_balance = bool(sign_balance)
         self.warmup_steps = check_option("warmup_steps", warmup_steps, int, lambda v: v >= 0, ">= 0")
         self.prompt_table_size = check_option("prompt_table_size", prompt_table_size, int, lambda v: v >= 1, ">= 1")
+        self.ranking = check_option("ranking", ranking, str, lambda v: v in RANKINGS,
+                                    f"one of {', '.join(RANKINGS)}")
         self.buffer = RolloutBuffer(self.buffer_size, self.max_staleness)
         self.posterior = BetaTable(self.prompt_table_size)
         self.scorer = NeuralUCBScorer(
@@ -110,17 +118,20 @@ class ContextualBanditScheduler(RolloutScheduler):
         x = self._context(pool, records, step)
         age = step - pool["step_drawn"]
         weight = reliability(pool["advantage"], pool["adv_noise"], self.noise_z)
-        warm = step < self.warmup_steps or not self.scorer.trained
+        learned = self.ranking == "bandit"
+        warm = step < self.warmup_steps or (learned and not self.scorer.trained)
         swaps, width = 0, np.zeros(age.size)
-        if warm:  # the identity: fresh rows in order; the buffer only fills a batch larger than them
+        if warm or not learned:  # the warm-up's rule (and the ablation's ranking)
             score = weight * np.abs(pool["advantage"]) / (1.0 + age)
+        if warm:  # the identity: fresh rows in order; the buffer only fills a batch larger than them
             chosen = np.zeros(age.size, dtype=bool)
             chosen[: min(train_size, n)] = True
             buffered = eligible_rows(n, score, train_size - n) & (np.arange(age.size) >= n)
             chosen |= top_k(score, buffered, max(train_size - n, 0))
         else:
-            mean, width = self.scorer.ucb(x)
-            score = weight * (mean + self.exploration * width)
+            if learned:
+                mean, width = self.scorer.ucb(x)
+                score = weight * (mean + self.exploration * width)
             cap = max(int(math.floor(self.max_reuse_share * train_size)), train_size - n)
             eligible = eligible_rows(n, score, cap)
             chosen = top_k(score, eligible, train_size)
@@ -136,7 +147,8 @@ class ContextualBanditScheduler(RolloutScheduler):
         self._pending_x = x[trained_rows][order]
         # A caller that never reports gains gets the identity forever: then keep nothing (its
         # payloads would be held for no use) once a step has passed without any feedback.
-        keeping = self.scorer.trained or step == 0
+        # The ablation needs no feedback to leave the identity, so it always keeps.
+        keeping = self.scorer.trained or step == 0 or not learned
         self.buffer.refill(pool, (pool["advantage"] != 0) & keeping, score, step)
         selection = Selection(
             fresh_ids=records["id"],
@@ -204,7 +216,8 @@ class ContextualBanditScheduler(RolloutScheduler):
                 f"feedback for rollout ids {ids[~known][:8].tolist()} that the last select did not train (or that "
                 "already had feedback): report gains of Selection.trained_ids() after each step's update"
             )
-        self.scorer.observe(self._pending_x[pos], gains)
+        if self.ranking == "bandit":  # the ablation records the gains but learns nothing from them
+            self.scorer.observe(self._pending_x[pos], gains)
         keep = np.ones(self._pending_ids.size, dtype=bool)
         keep[pos] = False
         self._pending_ids, self._pending_x = self._pending_ids[keep], self._pending_x[keep]

@@ -23,10 +23,10 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="module")
 def g():
     """Every module of the package in one namespace (the tests predate the split)."""
-    from benchmarks.small_model import config, grpo, model, report, runs, task, warmup
+    from benchmarks.small_model import config, grpo, model, page, report, report_scheduler, runs, task, warmup
 
     merged = types.SimpleNamespace()
-    for module in (task, model, config, warmup, grpo, runs, report):
+    for module in (task, model, config, warmup, grpo, runs, report, report_scheduler, page):
         for name, value in vars(module).items():
             if not name.startswith("__"):
                 setattr(merged, name, value)

@@ -245,7 +245,7 @@ def _run(name: str, seed: int, x: np.ndarray, y: np.ndarray, **step: float) -> d
 
 
 def test_scheduler_entries_are_paired_with_uniform_and_with_their_allocator_alone():
-    from benchmarks.small_model.report import scheduler_report, scheduler_summary
+    from benchmarks.small_model.report_scheduler import scheduler_report, scheduler_summary
 
     x = np.linspace(0, 1000, 21)
     main, scheduled = {"runs": {}}, {"runs": {}}

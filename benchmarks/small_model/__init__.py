@@ -13,6 +13,9 @@ Modules, one idea each:
 - :mod:`.warmup`: supervised warm-up to a starting pass rate, and the starting pass rates.
 - :mod:`.grpo`: advantages, loss, and one GRPO run through ``run_step`` with one allocator.
 - :mod:`.runs`: every allocator and seed from one checkpoint, the results JSON.
+- :mod:`.scheduling`: a step whose batch a rollout scheduler chooses (PPO's clipped loss, reuse).
 - :mod:`.report`: statistics with confidence intervals over seeds, tables, plots.
+- :mod:`.report_scheduler`: the tables of the scheduler entries, the buffer sweep, the ablation.
+- :mod:`.page`: the page's generated blocks and how they are written into it.
 - :mod:`.cli`: the command line (``python -m benchmarks.small_model``).
 """

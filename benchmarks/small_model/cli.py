@@ -31,10 +31,9 @@ import torch
 from benchmarks.small_model import config as presets
 from benchmarks.small_model.config import ALL_ALLOCATORS, Config
 from benchmarks.small_model.grpo import write_json
-from benchmarks.small_model.report import (
-    ablation_table, buffer_sweep_table, compact, fill_page, markdown_report, page_blocks, plot, scheduler_report, settings_table,
-    summarise, sweep_table,
-)
+from benchmarks.small_model.page import fill_page, page_blocks
+from benchmarks.small_model.report import compact, markdown_report, plot, settings_table, summarise, sweep_table
+from benchmarks.small_model.report_scheduler import ablation_table, buffer_sweep_table, scheduler_report
 from benchmarks.small_model.runs import merge_results, run_all
 from benchmarks.small_model.task import rl_datasets
 

@@ -60,6 +60,19 @@ def shape_rewards(rewards: torch.Tensor, groups: torch.Tensor, estimator: str) -
 class VariableGroupExperienceMaker(RemoteExperienceMaker):
     """OpenRLHF's experience maker with group statistics that follow the step's real groups."""
 
+    @classmethod
+    def replacing(cls, stock: RemoteExperienceMaker) -> "VariableGroupExperienceMaker":
+        """This class built from the parts of the trainer's own (stock) experience maker."""
+        return cls(
+            stock.actor_model_group,
+            stock.critic_model_group,
+            stock.reward_model_group,
+            stock.initial_model_group,
+            stock.kl_ctl,
+            stock.strategy,
+            stock.tokenizer,
+        )
+
     @torch.no_grad()
     def make_experience_batch(self, rollout_samples) -> List[Experience]:
         # Sample positions are the ``index`` OpenRLHF's split_rollout_samples assigns.

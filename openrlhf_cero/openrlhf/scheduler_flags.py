@@ -14,21 +14,13 @@ import argparse
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+from openrlhf_cero.openrlhf.flags import _parse_bool
 from openrlhf_cero.schedulers import RolloutScheduler, SchedulerError, available_schedulers, scheduler_class
 from openrlhf_cero.schedulers.registry import NO_SCHEDULER
 
 # Advantages the scheduler can carry over steps: a rollout's own return minus a baseline
 # of its drawn group, no critic (advantages.RETURN_ESTIMATORS; GAE's values would be stale).
 _SUPPORTED_ESTIMATORS = ("reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo", "flash_reinforce")
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _option_classes() -> dict[str, type[RolloutScheduler]]:

@@ -107,16 +107,7 @@ class SchedulingExperienceMaker(VariableGroupExperienceMaker):
 
 def install_scheduling_maker(owner) -> None:
     """Give ``owner`` (the trainer that makes experiences) a scheduling experience maker."""
-    stock = owner.experience_maker
-    maker = SchedulingExperienceMaker(
-        stock.actor_model_group,
-        stock.critic_model_group,
-        stock.reward_model_group,
-        stock.initial_model_group,
-        stock.kl_ctl,
-        stock.strategy,
-        stock.tokenizer,
-    )
+    maker = SchedulingExperienceMaker.replacing(owner.experience_maker)
     maker.attach(ScheduledTraining(scheduler_from_args(owner.args), owner.args.rollout.micro_batch_size))
     owner.experience_maker = maker
 

@@ -80,16 +80,7 @@ def _install_variable_group_advantages(owner) -> None:
     if scheduler_name(owner.args) != NO_SCHEDULER:
         install_scheduling_maker(owner)
         return
-    stock = owner.experience_maker
-    owner.experience_maker = VariableGroupExperienceMaker(
-        stock.actor_model_group,
-        stock.critic_model_group,
-        stock.reward_model_group,
-        stock.initial_model_group,
-        stock.kl_ctl,
-        stock.strategy,
-        stock.tokenizer,
-    )
+    owner.experience_maker = VariableGroupExperienceMaker.replacing(owner.experience_maker)
 
 
 class _LogsAllocatorMetrics:
